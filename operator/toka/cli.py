@@ -1,0 +1,107 @@
+"""The `toka` command: one entry point for every process Toka runs.
+
+    toka crds            write crds/*.yaml from the API models (--check: fail when stale)
+    toka dev up|down     the development cluster, with the CRDs installed
+    toka node-agent      the dev node agent alone (against any kubeconfig; dev only)
+
+Each subcommand imports its own modules, so `toka tools` in a sidecar does
+not pay for Kopf and `toka crds` needs no cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from toka.api.manifests import crd_files
+
+    out = Path(args.out)
+    stale: list[str] = []
+    for name, text in crd_files().items():
+        path = out / name
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(str(path))
+        if not args.check:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if args.check and stale:
+        print(
+            "stale CRDs (regenerate with `toka crds`): " + ", ".join(stale), file=sys.stderr
+        )
+        return 1
+    for path in stale:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from toka.devcluster import devctl
+
+    if args.dev_command == "up":
+        return devctl.up(Path(args.state_dir), with_node_agent=not args.no_node_agent)
+    if args.dev_command == "down":
+        return devctl.down(Path(args.state_dir))
+    if args.dev_command == "serve":
+        return devctl.serve(Path(args.state_dir), with_node_agent=not args.no_node_agent)
+    if args.dev_command == "env":
+        return devctl.env(Path(args.state_dir))
+    raise AssertionError(args.dev_command)
+
+
+def _cmd_node_agent(args: argparse.Namespace) -> int:
+    from toka.devcluster import nodeagent
+
+    return nodeagent.main(Path(args.root), args.kubeconfig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from toka.devcluster.devctl import default_state_dir
+
+    parser = argparse.ArgumentParser(prog="toka", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="write crds/*.yaml from the API models")
+    crds.add_argument("--out", default="crds", help="directory to write (default: crds)")
+    crds.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
+    crds.set_defaults(handler=_cmd_crds)
+
+    dev = sub.add_parser("dev", help="the local development cluster")
+    dev.add_argument(
+        "--state-dir", default=str(default_state_dir()),
+        help="where the cluster keeps its data (default: %(default)s)",
+    )
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    for name, text in [
+        ("up", "start etcd, kube-apiserver, kube-controller-manager and the node agent; install CRDs"),
+        ("down", "stop the dev cluster and remove its state"),
+        ("serve", "run the dev cluster in the foreground (what `up` starts in the background)"),
+        ("env", "print shell exports for KUBECONFIG and PATH (kubectl)"),
+    ]:
+        p = dev_sub.add_parser(name, help=text)
+        if name in ("up", "serve"):
+            p.add_argument("--no-node-agent", action="store_true", help="no pods will run")
+    dev.set_defaults(handler=_cmd_dev)
+
+    node = sub.add_parser("node-agent", help="run the dev node agent (dev and tests only)")
+    node.add_argument("--root", required=True, help="directory for pod volumes and logs")
+    node.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
+    node.set_defaults(handler=_cmd_node_agent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
