@@ -182,9 +182,14 @@ class AsyncKube:
 
     async def create(
         self, res: Resource, body: JSON, namespace: str | None = None, sub: str | None = None,
-        name: str | None = None,
+        name: str | None = None, *, field_validation: str | None = None,
+        dry_run: bool = False,
     ) -> JSON:
-        result: JSON = await self.request("POST", res.path(namespace, name, sub), body=body)
+        """POST; `field_validation="Strict"` rejects unknown fields as kubectl does."""
+        params = {"fieldValidation": field_validation, "dryRun": "All" if dry_run else None}
+        result: JSON = await self.request(
+            "POST", res.path(namespace, name, sub), body=body, params=params
+        )
         return result
 
     async def replace(self, res: Resource, name: str, body: JSON, namespace: str | None = None, sub: str | None = None) -> JSON:

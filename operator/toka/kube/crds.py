@@ -1,0 +1,37 @@
+"""Install CustomResourceDefinitions and wait until the API server serves them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from toka.kube.client import CRDS, ApiError, AsyncKube
+
+
+async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: float = 60) -> None:
+    """Create or update each CRD (idempotent), then wait for `Established`."""
+    names = []
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        names.append(name)
+        try:
+            await kube.create(CRDS, crd)
+        except ApiError as err:
+            if not err.conflict:
+                raise
+            current = await kube.get(CRDS, name)
+            body = dict(crd, metadata={**crd["metadata"],
+                                       "resourceVersion": current["metadata"]["resourceVersion"]})
+            await kube.replace(CRDS, name, body)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for name in names:
+        while True:
+            crd = await kube.get(CRDS, name)
+            conds = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
+            if conds.get("Established") == "True":
+                break
+            if loop.time() > deadline:
+                raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s: {conds}")
+            await asyncio.sleep(0.1)

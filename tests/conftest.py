@@ -1,0 +1,138 @@
+"""Fixtures: a real control plane per test session, a fresh namespace per test,
+the dev node agent as a real process on demand, private control planes for
+tests that stop the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from toka.api.crdgen import all_crds
+from toka.devcluster.binaries import ensure_binaries
+from toka.devcluster.controlplane import ControlPlane
+from toka.kube.client import NAMESPACES, NODES, SERVICEACCOUNTS, ApiError, AsyncKube
+from toka.kube.config import load_kubeconfig
+from toka.kube.crds import ensure_crds
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver (RBAC) + kube-controller-manager, with Toka's CRDs installed."""
+    cp = ControlPlane(tmp_path_factory.mktemp("controlplane"), ensure_binaries())
+    cp.start()
+    try:
+        async def install() -> None:
+            async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as kube:
+                await ensure_crds(kube, all_crds().values())
+
+        asyncio.run(install())
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def private_controlplane(tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane of the test's own, for tests that stop or restart the API server."""
+    cp = ControlPlane(tmp_path / "controlplane", ensure_binaries())
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def kubeconfig(controlplane: ControlPlane) -> Path:
+    return controlplane.admin_kubeconfig
+
+
+@pytest.fixture
+async def kube(kubeconfig: Path) -> AsyncIterator[AsyncKube]:
+    async with AsyncKube(load_kubeconfig(kubeconfig)) as client:
+        yield client
+
+
+@pytest.fixture
+async def namespace(kube: AsyncKube) -> AsyncIterator[str]:
+    """A fresh namespace whose `default` ServiceAccount exists; deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    await kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": name}})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await kube.get(SERVICEACCOUNTS, "default", name)
+            break
+        except ApiError as err:
+            if not err.not_found or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    yield name
+    await kube.delete(NAMESPACES, name)
+
+
+class NodeAgentProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], root: Path, log: Path):
+        self.proc = proc
+        self.root = root
+        self.log = log
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> str:
+        for d in (self.root / "pods").glob(f"{namespace}_{pod}_*"):
+            path = d / "logs" / f"{container}.log"
+            if path.exists():
+                return path.read_text(errors="replace")
+        return ""
+
+
+@pytest.fixture(scope="session")
+def node_agent(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgentProcess]:
+    """`toka node-agent` as its own process; Node toka-dev Ready before tests use it."""
+    root = tmp_path_factory.mktemp("node")
+    log = root.parent / f"{root.name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toka.cli", "node-agent", "--root", str(root),
+             "--kubeconfig", str(controlplane.admin_kubeconfig)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    async def wait_ready() -> None:
+        async with AsyncKube(load_kubeconfig(controlplane.admin_kubeconfig)) as kube:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"node agent exited: {log.read_text()[-2000:]}")
+                try:
+                    node = await kube.get(NODES, "toka-dev")
+                    if any(c["type"] == "Ready" and c["status"] == "True"
+                           for c in (node.get("status") or {}).get("conditions", [])):
+                        return
+                except ApiError:
+                    pass
+                await asyncio.sleep(0.1)
+            raise TimeoutError("node agent did not register Node toka-dev")
+
+    try:
+        asyncio.run(wait_ready())
+        yield NodeAgentProcess(proc, root, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
