@@ -32,6 +32,7 @@ def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
     cp = ControlPlane(tmp_path_factory.mktemp("controlplane"), ensure_binaries())
     cp.start()
     try:
+
         async def install() -> None:
             async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as kube:
                 await ensure_crds(kube, all_crds().values())
@@ -68,8 +69,9 @@ async def kube(kubeconfig: Path) -> AsyncIterator[AsyncKube]:
 async def namespace(kube: AsyncKube) -> AsyncIterator[str]:
     """A fresh namespace whose `default` ServiceAccount exists; deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    await kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
-                                   "metadata": {"name": name}})
+    await kube.create(
+        NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -98,15 +100,27 @@ class NodeAgentProcess:
 
 
 @pytest.fixture(scope="session")
-def node_agent(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgentProcess]:
+def node_agent(
+    controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgentProcess]:
     """`toka node-agent` as its own process; Node toka-dev Ready before tests use it."""
     root = tmp_path_factory.mktemp("node")
     log = root.parent / f"{root.name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "toka.cli", "node-agent", "--root", str(root),
-             "--kubeconfig", str(controlplane.admin_kubeconfig)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "toka.cli",
+                "node-agent",
+                "--root",
+                str(root),
+                "--kubeconfig",
+                str(controlplane.admin_kubeconfig),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -118,8 +132,10 @@ def node_agent(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFact
                     raise RuntimeError(f"node agent exited: {log.read_text()[-2000:]}")
                 try:
                     node = await kube.get(NODES, "toka-dev")
-                    if any(c["type"] == "Ready" and c["status"] == "True"
-                           for c in (node.get("status") or {}).get("conditions", [])):
+                    if any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in (node.get("status") or {}).get("conditions", [])
+                    ):
                         return
                 except ApiError:
                     pass

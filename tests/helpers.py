@@ -38,8 +38,11 @@ async def wait_for(
                     raise
                 rv = None
             async for event in kube.watch(
-                res, namespace, resource_version=rv,
-                field_selector=f"metadata.name={name}", timeout_seconds=30,
+                res,
+                namespace,
+                resource_version=rv,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=30,
             ):
                 if event["type"] == "BOOKMARK":
                     continue
@@ -56,8 +59,9 @@ async def wait_for(
         ) from None
 
 
-async def wait_gone(kube: AsyncKube, res: Resource, name: str, namespace: str | None,
-                    timeout: float = 60) -> None:
+async def wait_gone(
+    kube: AsyncKube, res: Resource, name: str, namespace: str | None, timeout: float = 60
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:

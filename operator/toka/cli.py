@@ -2,6 +2,7 @@
 
     toka crds            write crds/*.yaml from the API models (--check: fail when stale)
     toka dev up|down     the development cluster, with the CRDs installed
+    toka dev binaries    find or build the control plane (cached outside the clone)
     toka node-agent      the dev node agent alone (against any kubeconfig; dev only)
 
 Each subcommand imports its own modules, so `toka tools` in a sidecar does
@@ -33,12 +34,10 @@ def _cmd_crds(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if args.check and stale:
-        print(
-            "stale CRDs (regenerate with `toka crds`): " + ", ".join(stale), file=sys.stderr
-        )
+        print("stale CRDs (regenerate with `toka crds`): " + ", ".join(stale), file=sys.stderr)
         return 1
-    for path in stale:
-        print(f"wrote {path}")
+    for written in stale:
+        print(f"wrote {written}")
     return 0
 
 
@@ -53,6 +52,18 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         return devctl.serve(Path(args.state_dir), with_node_agent=not args.no_node_agent)
     if args.dev_command == "env":
         return devctl.env(Path(args.state_dir))
+    if args.dev_command == "binaries":
+        from toka.devcluster.binaries import ensure_binaries
+
+        found = ensure_binaries()
+        for path in (
+            found.kube_apiserver,
+            found.etcd,
+            found.kube_controller_manager,
+            found.kubectl,
+        ):
+            print(path)
+        return 0
     raise AssertionError(args.dev_command)
 
 
@@ -75,15 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="the local development cluster")
     dev.add_argument(
-        "--state-dir", default=str(default_state_dir()),
+        "--state-dir",
+        default=str(default_state_dir()),
         help="where the cluster keeps its data (default: %(default)s)",
     )
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     for name, text in [
-        ("up", "start etcd, kube-apiserver, kube-controller-manager and the node agent; install CRDs"),
+        (
+            "up",
+            "start etcd, kube-apiserver, kube-controller-manager and the node agent; install CRDs",
+        ),
         ("down", "stop the dev cluster and remove its state"),
         ("serve", "run the dev cluster in the foreground (what `up` starts in the background)"),
         ("env", "print shell exports for KUBECONFIG and PATH (kubectl)"),
+        ("binaries", "find or build kube-apiserver, etcd, kube-controller-manager, kubectl"),
     ]:
         p = dev_sub.add_parser(name, help=text)
         if name in ("up", "serve"):

@@ -26,10 +26,17 @@ def valid_session() -> dict[str, Any]:
         "spec": {
             "llm": {"provider": "anthropic", "apiKeySecretRef": {"name": "k", "key": "api-key"}},
             "agents": [
-                {"name": "a", "capabilities": ["llm:complete"],
-                 "tasks": [{"name": "t1", "description": "do a"}]},
-                {"name": "b", "dependsOn": ["a"], "capabilities": ["fs:read:src/**"],
-                 "tasks": [{"name": "t1", "description": "do b"}]},
+                {
+                    "name": "a",
+                    "capabilities": ["llm:complete"],
+                    "tasks": [{"name": "t1", "description": "do a"}],
+                },
+                {
+                    "name": "b",
+                    "dependsOn": ["a"],
+                    "capabilities": ["fs:read:src/**"],
+                    "tasks": [{"name": "t1", "description": "do b"}],
+                },
             ],
         },
     }
@@ -58,6 +65,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             node[int(last)] = value
         else:
             node[last] = value
+
     return mutate
 
 
@@ -79,68 +87,166 @@ def _dup_task(s: dict[str, Any]) -> None:
 # (case, mutation, field the message must name, words it must contain)
 INVALID = [
     ("duplicate agent names", _dup_agent, "spec.agents[1]", "Duplicate value"),
-    ("dependsOn names an unknown agent", _set("spec.agents.1.dependsOn", ["ghost"]),
-     "spec.agents", "every dependsOn entry must name an agent of this session"),
-    ("an agent depends on itself", _set("spec.agents.1.dependsOn", ["b"]),
-     "spec.agents[1].dependsOn", "cannot depend on itself"),
-    ("unparseable capability", _set("spec.agents.0.capabilities", ["fs:delete:x"]),
-     "spec.agents[0].capabilities[0]", "should match"),
-    ("capability escaping the workspace with ..", _set("spec.agents.0.capabilities", ["fs:read:../etc/**"]),
-     "spec.agents[0].capabilities[0]", "should match"),
-    ("capability with an absolute path", _set("spec.agents.0.capabilities", ["fs:write:/etc/passwd"]),
-     "spec.agents[0].capabilities[0]", "should match"),
-    ("shell capability naming a path, not a program", _set("spec.agents.0.capabilities", ["shell:exec:/bin/sh"]),
-     "spec.agents[0].capabilities[0]", "should match"),
-    ("zero requests per minute", _set("spec.limits.requestsPerMinute", 0),
-     "spec.limits.requestsPerMinute", "should be greater than or equal to 1"),
-    ("negative parallelism", _set("spec.limits.maxParallelAgents", -1),
-     "spec.limits.maxParallelAgents", "should be greater than or equal to 1"),
-    ("zero token budget", _set("spec.limits.maxTotalTokens", 0),
-     "spec.limits.maxTotalTokens", "should be greater than or equal to 1"),
-    ("unknown provider", _set("spec.llm.provider", "gemini"),
-     "spec.llm.provider", "Unsupported value"),
-    ("an agent with no tasks", _set("spec.agents.0.tasks", []),
-     "spec.agents[0].tasks", "should have at least 1 items"),
+    (
+        "dependsOn names an unknown agent",
+        _set("spec.agents.1.dependsOn", ["ghost"]),
+        "spec.agents",
+        "every dependsOn entry must name an agent of this session",
+    ),
+    (
+        "an agent depends on itself",
+        _set("spec.agents.1.dependsOn", ["b"]),
+        "spec.agents[1].dependsOn",
+        "cannot depend on itself",
+    ),
+    (
+        "unparseable capability",
+        _set("spec.agents.0.capabilities", ["fs:delete:x"]),
+        "spec.agents[0].capabilities[0]",
+        "should match",
+    ),
+    (
+        "capability escaping the workspace with ..",
+        _set("spec.agents.0.capabilities", ["fs:read:../etc/**"]),
+        "spec.agents[0].capabilities[0]",
+        "should match",
+    ),
+    (
+        "capability with an absolute path",
+        _set("spec.agents.0.capabilities", ["fs:write:/etc/passwd"]),
+        "spec.agents[0].capabilities[0]",
+        "should match",
+    ),
+    (
+        "shell capability naming a path, not a program",
+        _set("spec.agents.0.capabilities", ["shell:exec:/bin/sh"]),
+        "spec.agents[0].capabilities[0]",
+        "should match",
+    ),
+    (
+        "zero requests per minute",
+        _set("spec.limits.requestsPerMinute", 0),
+        "spec.limits.requestsPerMinute",
+        "should be greater than or equal to 1",
+    ),
+    (
+        "negative parallelism",
+        _set("spec.limits.maxParallelAgents", -1),
+        "spec.limits.maxParallelAgents",
+        "should be greater than or equal to 1",
+    ),
+    (
+        "zero token budget",
+        _set("spec.limits.maxTotalTokens", 0),
+        "spec.limits.maxTotalTokens",
+        "should be greater than or equal to 1",
+    ),
+    (
+        "unknown provider",
+        _set("spec.llm.provider", "gemini"),
+        "spec.llm.provider",
+        "Unsupported value",
+    ),
+    (
+        "an agent with no tasks",
+        _set("spec.agents.0.tasks", []),
+        "spec.agents[0].tasks",
+        "should have at least 1 items",
+    ),
     ("too many agents", _many_agents, "spec.agents", "must have at most 128 items"),
-    ("agent name that is not a DNS label", _set("spec.agents.0.name", "Build_Fixer"),
-     "spec.agents[0].name", "should match"),
-    ("session name over 63 characters", _set("metadata.name", "s" * 64),
-     "metadata.name", "at most 63 characters"),
-    ("temperature as a float", _set("spec.llm.temperature", 0.3),
-     "spec.llm.temperature", 'must be of type string'),
-    ("temperature out of range", _set("spec.llm.temperature", "3.5"),
-     "spec.llm.temperature", "should match"),
-    ("openai-compatible without baseURL", _set("spec.llm", {"provider": "openai-compatible"}),
-     "spec.llm.baseURL", "baseURL is required when provider is openai-compatible"),
-    ("replay without a recording", _set("spec.llm", {"provider": "replay"}),
-     "spec.llm.replay", "replay.configMapRef is required"),
-    ("two workspace sources", _set("spec.workspace", {"configMap": "w", "git": {"url": "https://x/y.git"}}),
-     "spec.workspace", "at most one of configMap, git and persistentVolumeClaim"),
+    (
+        "agent name that is not a DNS label",
+        _set("spec.agents.0.name", "Build_Fixer"),
+        "spec.agents[0].name",
+        "should match",
+    ),
+    (
+        "session name over 63 characters",
+        _set("metadata.name", "s" * 64),
+        "metadata.name",
+        "at most 63 characters",
+    ),
+    (
+        "temperature as a float",
+        _set("spec.llm.temperature", 0.3),
+        "spec.llm.temperature",
+        "must be of type string",
+    ),
+    (
+        "temperature out of range",
+        _set("spec.llm.temperature", "3.5"),
+        "spec.llm.temperature",
+        "should match",
+    ),
+    (
+        "openai-compatible without baseURL",
+        _set("spec.llm", {"provider": "openai-compatible"}),
+        "spec.llm.baseURL",
+        "baseURL is required when provider is openai-compatible",
+    ),
+    (
+        "replay without a recording",
+        _set("spec.llm", {"provider": "replay"}),
+        "spec.llm.replay",
+        "replay.configMapRef is required",
+    ),
+    (
+        "two workspace sources",
+        _set("spec.workspace", {"configMap": "w", "git": {"url": "https://x/y.git"}}),
+        "spec.workspace",
+        "at most one of configMap, git and persistentVolumeClaim",
+    ),
     ("duplicate task names", _dup_task, "spec.agents[0].tasks[1]", "Duplicate value"),
-    ("unknown failure policy", _set("spec.failurePolicy", "Retry"),
-     "spec.failurePolicy", "Unsupported value"),
-    ("a typo'd field name", _set("spec.agents.1.dependOn", ["a"]),
-     'spec.agents[1].dependOn', "unknown field"),
-    ("task description over 4 KiB", _set("spec.agents.0.tasks.0.description", "x" * 4097),
-     "spec.agents[0].tasks[0].description", "Too long"),
-    ("workspace size that is not a quantity", _set("spec.workspace", {"sizeLimit": "lots"}),
-     "spec.workspace.sizeLimit", "should match"),
-    ("backoffLimit over 10", _set("spec.agents.0.backoffLimit", 11),
-     "spec.agents[0].backoffLimit", "should be less than or equal to 10"),
+    (
+        "unknown failure policy",
+        _set("spec.failurePolicy", "Retry"),
+        "spec.failurePolicy",
+        "Unsupported value",
+    ),
+    (
+        "a typo'd field name",
+        _set("spec.agents.1.dependOn", ["a"]),
+        "spec.agents[1].dependOn",
+        "unknown field",
+    ),
+    (
+        "task description over 4 KiB",
+        _set("spec.agents.0.tasks.0.description", "x" * 4097),
+        "spec.agents[0].tasks[0].description",
+        "Too long",
+    ),
+    (
+        "workspace size that is not a quantity",
+        _set("spec.workspace", {"sizeLimit": "lots"}),
+        "spec.workspace.sizeLimit",
+        "should match",
+    ),
+    (
+        "backoffLimit over 10",
+        _set("spec.agents.0.backoffLimit", 11),
+        "spec.agents[0].backoffLimit",
+        "should be less than or equal to 10",
+    ),
 ]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 async def test_every_example_is_accepted(kube: AsyncKube, namespace: str, path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
-        created = await kube.create(RESOURCE[doc["kind"]], doc, namespace, field_validation="Strict")
+        created = await kube.create(
+            RESOURCE[doc["kind"]], doc, namespace, field_validation="Strict"
+        )
         assert created["metadata"]["name"] == doc["metadata"]["name"]
 
 
 @pytest.mark.parametrize(("case", "mutate", "field", "words"), INVALID, ids=[c[0] for c in INVALID])
 async def test_invalid_session_is_rejected_naming_the_field(
-    kube: AsyncKube, namespace: str, case: str, mutate: Callable[[dict[str, Any]], None],
-    field: str, words: str,
+    kube: AsyncKube,
+    namespace: str,
+    case: str,
+    mutate: Callable[[dict[str, Any]], None],
+    field: str,
+    words: str,
 ) -> None:
     session = copy.deepcopy(valid_session())
     mutate(session)
@@ -159,7 +265,9 @@ async def test_the_valid_baseline_is_accepted(kube: AsyncKube, namespace: str) -
     assert created["spec"]["agents"][0]["backoffLimit"] == 2
 
 
-async def test_a_standalone_agent_with_bad_fields_is_rejected(kube: AsyncKube, namespace: str) -> None:
+async def test_a_standalone_agent_with_bad_fields_is_rejected(
+    kube: AsyncKube, namespace: str
+) -> None:
     agent = valid_agent()
     agent["spec"]["capabilities"] = ["network-access", "fs:read:a/../../b"]
     with pytest.raises(ApiError) as err:
@@ -167,7 +275,9 @@ async def test_a_standalone_agent_with_bad_fields_is_rejected(kube: AsyncKube, n
     assert "spec.capabilities[1]" in err.value.message
 
 
-async def test_duplicate_capabilities_are_rejected_as_a_set(kube: AsyncKube, namespace: str) -> None:
+async def test_duplicate_capabilities_are_rejected_as_a_set(
+    kube: AsyncKube, namespace: str
+) -> None:
     agent = valid_agent()
     agent["spec"]["capabilities"] = ["llm:complete", "llm:complete"]
     with pytest.raises(ApiError) as err:
@@ -178,11 +288,24 @@ async def test_duplicate_capabilities_are_rejected_as_a_set(kube: AsyncKube, nam
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 
-async def test_printer_columns_appear_in_the_table_kubectl_shows(kube: AsyncKube, namespace: str) -> None:
+async def test_printer_columns_appear_in_the_table_kubectl_shows(
+    kube: AsyncKube, namespace: str
+) -> None:
     await kube.create(SESSIONS, valid_session(), namespace)
-    await kube.patch(SESSIONS, "s", {"status": {
-        "phase": "Running", "progress": "1/2", "agents": {"total": 2, "running": 1},
-        "budget": {"usedTokens": 1234}}}, namespace, sub="status")
+    await kube.patch(
+        SESSIONS,
+        "s",
+        {
+            "status": {
+                "phase": "Running",
+                "progress": "1/2",
+                "agents": {"total": 2, "running": 1},
+                "budget": {"usedTokens": 1234},
+            }
+        },
+        namespace,
+        sub="status",
+    )
     table = await kube.request("GET", SESSIONS.path(namespace), accept=TABLE)
     names = [c["name"] for c in table["columnDefinitions"]]
     assert names == ["Name", "Phase", "Progress", "Agents", "Tokens", "Age"]
@@ -192,11 +315,23 @@ async def test_printer_columns_appear_in_the_table_kubectl_shows(kube: AsyncKube
     agent["spec"]["sessionRef"] = {"name": "s"}
     agent["spec"]["domain"] = "security"
     await kube.create(AGENTS, agent, namespace)
-    await kube.patch(AGENTS, "ag", {"status": {"phase": "Running", "run": {
-        "progress": "0/1", "currentTask": "t"}}}, namespace, sub="status")
+    await kube.patch(
+        AGENTS,
+        "ag",
+        {"status": {"phase": "Running", "run": {"progress": "0/1", "currentTask": "t"}}},
+        namespace,
+        sub="status",
+    )
     table = await kube.request("GET", AGENTS.path(namespace), accept=TABLE)
     assert [c["name"] for c in table["columnDefinitions"]] == [
-        "Name", "Session", "Domain", "Phase", "Progress", "Task", "Age"]
+        "Name",
+        "Session",
+        "Domain",
+        "Phase",
+        "Progress",
+        "Task",
+        "Age",
+    ]
     assert table["rows"][0]["cells"][:6] == ["ag", "s", "security", "Running", "0/1", "t"]
 
 

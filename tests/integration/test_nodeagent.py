@@ -65,25 +65,43 @@ MAIN_ASKS_SIDECAR = textwrap.dedent(
 
 
 def sidecar_pod(name: str, main: str = MAIN_ASKS_SIDECAR) -> JSON:
-    env = [{"name": "TOKA_KERNEL_ADDR", "value": "127.0.0.1:8181"},
-           {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    env = [
+        {"name": "TOKA_KERNEL_ADDR", "value": "127.0.0.1:8181"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
     mount = [{"name": "shared", "mountPath": "/shared"}]
     return toka_pod(
         name,
         [py("agent", main, env=env, volumeMounts=mount)],
-        initContainers=[py(
-            "kernel", SIDECAR, restartPolicy="Always", env=env, volumeMounts=mount,
-            startupProbe={"httpGet": {"path": "/", "port": 8181}, "periodSeconds": 1,
-                          "failureThreshold": 30},
-        )],
+        initContainers=[
+            py(
+                "kernel",
+                SIDECAR,
+                restartPolicy="Always",
+                env=env,
+                volumeMounts=mount,
+                startupProbe={
+                    "httpGet": {"path": "/", "port": 8181},
+                    "periodSeconds": 1,
+                    "failureThreshold": 30,
+                },
+            )
+        ],
         volumes=[{"name": "shared", "emptyDir": {}}],
     )
 
 
 async def run_pod(kube: AsyncKube, ns: str, pod: JSON, timeout: float = 60) -> JSON:
     await kube.create(PODS, pod, ns)
-    return await wait_for(kube, PODS, pod["metadata"]["name"], ns,
-                          phase_is("Succeeded", "Failed"), timeout=timeout, what="a final phase")
+    return await wait_for(
+        kube,
+        PODS,
+        pod["metadata"]["name"],
+        ns,
+        phase_is("Succeeded", "Failed"),
+        timeout=timeout,
+        what="a final phase",
+    )
 
 
 async def test_a_container_that_exits_0_ends_succeeded(
@@ -140,47 +158,88 @@ async def test_two_pods_kernels_listen_on_the_same_addr_without_colliding(
 async def test_env_and_mounted_files_are_what_the_spec_says(
     kube: AsyncKube, namespace: str, node_agent: NodeAgentProcess
 ) -> None:
-    await kube.create(CONFIGMAPS, {"metadata": {"name": "cfg"}, "data": {
-        "greeting": "hello", "mode": "fast", "conf.ini": "[a]\nb=1\n"}}, namespace)
-    await kube.create(SECRETS, {"metadata": {"name": "sec"}, "data": {
-        "token": base64.b64encode(b"s3cret").decode()}}, namespace)
+    await kube.create(
+        CONFIGMAPS,
+        {
+            "metadata": {"name": "cfg"},
+            "data": {"greeting": "hello", "mode": "fast", "conf.ini": "[a]\nb=1\n"},
+        },
+        namespace,
+    )
+    await kube.create(
+        SECRETS,
+        {"metadata": {"name": "sec"}, "data": {"token": base64.b64encode(b"s3cret").decode()}},
+        namespace,
+    )
     code = textwrap.dedent(
         """
         import json, os, stat
         env = {k: os.environ.get(k) for k in ('GREETING', 'TOKEN', 'POD_IP', 'PLAIN', 'COMPOSED',
                                                'ESCAPED', 'CFG_mode', 'LABEL')}
-        files = {p: open(p).read() for p in ('/etc/app/conf.ini', '/etc/app/greeting', '/sec/the-token')}
+        paths = ('/etc/app/conf.ini', '/etc/app/greeting', '/sec/the-token')
+        files = {p: open(p).read() for p in paths}
         mode = oct(stat.S_IMODE(os.stat('/sec/the-token').st_mode))
         print('RESULT ' + json.dumps({'env': env, 'files': files, 'mode': mode}))
         """
     )
-    container = py("main", code, env=[
-        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
-        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "LABEL", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['toka.dev/agent']"}}},
-        {"name": "PLAIN", "value": "plain"},
-        {"name": "COMPOSED", "value": "$(GREETING)-$(PLAIN)-$(UNKNOWN)"},
-        {"name": "ESCAPED", "value": "$$(GREETING)"},
-    ], envFrom=[{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
-        volumeMounts=[{"name": "cfg", "mountPath": "/etc/app", "readOnly": True},
-                      {"name": "sec", "mountPath": "/sec"}])
-    pod = toka_pod("env", [container], volumes=[
-        {"name": "cfg", "configMap": {"name": "cfg"}},
-        {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o400,
-                                   "items": [{"key": "token", "path": "the-token"}]}},
-    ])
+    container = py(
+        "main",
+        code,
+        env=[
+            {
+                "name": "GREETING",
+                "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}},
+            },
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {
+                "name": "LABEL",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['toka.dev/agent']"}},
+            },
+            {"name": "PLAIN", "value": "plain"},
+            {"name": "COMPOSED", "value": "$(GREETING)-$(PLAIN)-$(UNKNOWN)"},
+            {"name": "ESCAPED", "value": "$$(GREETING)"},
+        ],
+        envFrom=[{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+        volumeMounts=[
+            {"name": "cfg", "mountPath": "/etc/app", "readOnly": True},
+            {"name": "sec", "mountPath": "/sec"},
+        ],
+    )
+    pod = toka_pod(
+        "env",
+        [container],
+        volumes=[
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+            {
+                "name": "sec",
+                "secret": {
+                    "secretName": "sec",
+                    "defaultMode": 0o400,
+                    "items": [{"key": "token", "path": "the-token"}],
+                },
+            },
+        ],
+    )
     done = await run_pod(kube, namespace, pod)
     log = node_agent.pod_log(namespace, "env", "main")
     assert done["status"]["phase"] == "Succeeded", log
     result = json.loads(log.split("RESULT ", 1)[1])
     assert result["env"] == {
-        "GREETING": "hello", "TOKEN": "s3cret", "POD_IP": done["status"]["podIP"],
-        "PLAIN": "plain", "COMPOSED": "hello-plain-$(UNKNOWN)", "ESCAPED": "$(GREETING)",
-        "CFG_mode": "fast", "LABEL": "env",
+        "GREETING": "hello",
+        "TOKEN": "s3cret",
+        "POD_IP": done["status"]["podIP"],
+        "PLAIN": "plain",
+        "COMPOSED": "hello-plain-$(UNKNOWN)",
+        "ESCAPED": "$(GREETING)",
+        "CFG_mode": "fast",
+        "LABEL": "env",
     }
-    assert result["files"] == {"/etc/app/conf.ini": "[a]\nb=1\n", "/etc/app/greeting": "hello",
-                               "/sec/the-token": "s3cret"}
+    assert result["files"] == {
+        "/etc/app/conf.ini": "[a]\nb=1\n",
+        "/etc/app/greeting": "hello",
+        "/sec/the-token": "s3cret",
+    }
     assert result["mode"] == "0o400"
 
 
@@ -193,32 +252,62 @@ WHOAMI = textwrap.dedent(
     host, port = os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT']
     req = urllib.request.Request(
         f'https://{host}:{port}/apis/authentication.k8s.io/v1/selfsubjectreviews',
-        data=json.dumps({'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'}).encode(),
-        headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'}, method='POST')
+        data=json.dumps({'apiVersion': 'authentication.k8s.io/v1',
+                         'kind': 'SelfSubjectReview'}).encode(),
+        headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'},
+        method='POST')
     review = json.load(urllib.request.urlopen(req, context=ctx))
     print('USER', review['status']['userInfo']['username'])
     print('NAMESPACE', open(f'{sa}/namespace').read())
     """
 )
-NO_TOKEN = "import os; print('HAS_TOKEN', os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount/token'))"
+NO_TOKEN = (
+    "import os; "
+    "print('HAS_TOKEN', os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount/token'))"
+)
 
 
 async def test_the_projected_token_authenticates_as_the_pods_service_account(
     kube: AsyncKube, namespace: str, node_agent: NodeAgentProcess
 ) -> None:
     await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "kernel-sa"}}, namespace)
-    token_mount = [{"name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-                    "readOnly": True}]
+    token_mount = [
+        {
+            "name": "token",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True,
+        }
+    ]
     pod = toka_pod(
         "whoami",
         [py("main", WHOAMI, volumeMounts=token_mount), py("other", NO_TOKEN)],
         serviceAccountName="kernel-sa",
-        volumes=[{"name": "token", "projected": {"sources": [
-            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
-            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-            {"downwardAPI": {"items": [{"path": "namespace",
-                                        "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-        ]}}],
+        volumes=[
+            {
+                "name": "token",
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {
+                                        "path": "namespace",
+                                        "fieldRef": {"fieldPath": "metadata.namespace"},
+                                    }
+                                ]
+                            }
+                        },
+                    ]
+                },
+            }
+        ],
     )
     done = await run_pod(kube, namespace, pod)
     log = node_agent.pod_log(namespace, "whoami", "main")
@@ -252,16 +341,30 @@ async def test_the_root_filesystem_user_and_other_pods_volumes_are_as_isolated_a
         print('SEES_ADMIN_KUBECONFIG', os.path.exists({str(kubeconfig)!r}))
         """
     )
-    pod = toka_pod("iso", [
-        py("confined", confined, securityContext={
-            "runAsUser": 4242, "runAsGroup": 4243, "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}]),
-        py("root", root),
-    ], volumes=[{"name": "scratch", "emptyDir": {}}])
+    pod = toka_pod(
+        "iso",
+        [
+            py(
+                "confined",
+                confined,
+                securityContext={
+                    "runAsUser": 4242,
+                    "runAsGroup": 4243,
+                    "readOnlyRootFilesystem": True,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}],
+            ),
+            py("root", root),
+        ],
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+    )
     done = await run_pod(kube, namespace, pod)
     log = node_agent.pod_log(namespace, "iso", "confined")
-    assert done["status"]["phase"] == "Succeeded", log + node_agent.pod_log(namespace, "iso", "root")
+    assert done["status"]["phase"] == "Succeeded", log + node_agent.pod_log(
+        namespace, "iso", "root"
+    )
     assert "UID 4242 4243" in log
     assert "DENIED /rootfile Read-only file system" in log
     assert "WROTE /scratch/file" in log
@@ -273,8 +376,9 @@ async def test_the_root_filesystem_user_and_other_pods_volumes_are_as_isolated_a
 async def test_an_image_other_than_tokas_gets_err_image_pull_then_backoff(
     kube: AsyncKube, namespace: str, node_agent: NodeAgentProcess
 ) -> None:
-    pod = toka_pod("pull", [{"name": "main", "image": "docker.io/library/busybox:1.36",
-                             "command": ["true"]}])
+    pod = toka_pod(
+        "pull", [{"name": "main", "image": "docker.io/library/busybox:1.36", "command": ["true"]}]
+    )
     await kube.create(PODS, pod, namespace)
     seen: list[str] = []
 
@@ -289,7 +393,9 @@ async def test_an_image_other_than_tokas_gets_err_image_pull_then_backoff(
 
     final = await wait_for(kube, PODS, "pull", namespace, waiting, timeout=30)
     assert seen[:2] == ["ErrImagePull", "ImagePullBackOff"] or seen[-2:] == [
-        "ErrImagePull", "ImagePullBackOff"]
+        "ErrImagePull",
+        "ImagePullBackOff",
+    ]
     assert final["status"]["phase"] == "Pending"
     assert "busybox" in container_status(final, "main")["state"]["waiting"]["message"]
 
@@ -313,9 +419,17 @@ async def test_deleting_a_pod_kills_its_processes_and_completes_the_deletion(
 ) -> None:
     pod = sidecar_pod("victim", main="import time; time.sleep(3600)")
     await kube.create(PODS, pod, namespace)
-    running = await wait_for(kube, PODS, "victim", namespace,
-                             lambda p: container_status(p, "agent").get("state", {}).get("running") is not None
-                             if p.get("status", {}).get("containerStatuses") else False)
+    running = await wait_for(
+        kube,
+        PODS,
+        "victim",
+        namespace,
+        lambda p: (
+            container_status(p, "agent").get("state", {}).get("running") is not None
+            if p.get("status", {}).get("containerStatuses")
+            else False
+        ),
+    )
     pids = [_pid(running, "agent"), _pid(running, "kernel")]
     assert all(_alive(p) for p in pids)
     await kube.delete(PODS, "victim", namespace, grace_period_seconds=3)
@@ -337,19 +451,30 @@ async def test_active_deadline_kills_the_pod_and_fails_it(
 async def test_a_missing_secret_key_is_named_in_the_waiting_reason(
     kube: AsyncKube, namespace: str, node_agent: NodeAgentProcess
 ) -> None:
-    container = py("main", "print(1)", env=[{"name": "KEY", "valueFrom": {
-        "secretKeyRef": {"name": "llm-key", "key": "api-key"}}}])
+    container = py(
+        "main",
+        "print(1)",
+        env=[{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "llm-key", "key": "api-key"}}}],
+    )
     await kube.create(PODS, toka_pod("nokey", [container]), namespace)
     pod = await wait_for(
-        kube, PODS, "nokey", namespace,
-        lambda p: bool(p.get("status", {}).get("containerStatuses"))
-        and container_status(p, "main")["state"].get("waiting", {}).get("reason")
-        == "CreateContainerConfigError",
+        kube,
+        PODS,
+        "nokey",
+        namespace,
+        lambda p: (
+            bool(p.get("status", {}).get("containerStatuses"))
+            and container_status(p, "main")["state"].get("waiting", {}).get("reason")
+            == "CreateContainerConfigError"
+        ),
     )
     assert "llm-key" in container_status(pod, "main")["state"]["waiting"]["message"]
     # Creating the Secret lets the pod start, as with a kubelet.
-    await kube.create(SECRETS, {"metadata": {"name": "llm-key"}, "data": {
-        "api-key": base64.b64encode(b"k").decode()}}, namespace)
+    await kube.create(
+        SECRETS,
+        {"metadata": {"name": "llm-key"}, "data": {"api-key": base64.b64encode(b"k").decode()}},
+        namespace,
+    )
     done = await wait_for(kube, PODS, "nokey", namespace, phase_is("Succeeded", "Failed"))
     assert done["status"]["phase"] == "Succeeded"
 
@@ -371,8 +496,14 @@ async def test_the_node_is_registered_and_its_lease_renewed(
     lease = await kube.get(LEASES, "toka-dev", "kube-node-lease")
     assert lease["spec"]["holderIdentity"] == "toka-dev"
     first = lease["spec"]["renewTime"]
-    renewed = await wait_for(kube, LEASES, "toka-dev", "kube-node-lease",
-                             lambda obj: obj["spec"]["renewTime"] != first, timeout=25)
+    renewed = await wait_for(
+        kube,
+        LEASES,
+        "toka-dev",
+        "kube-node-lease",
+        lambda obj: obj["spec"]["renewTime"] != first,
+        timeout=25,
+    )
     assert renewed["spec"]["renewTime"] > first
 
 
@@ -380,9 +511,15 @@ async def test_rbac_is_enforced_a_service_account_without_binding_gets_403(
     kube: AsyncKube, namespace: str
 ) -> None:
     await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "nobody"}}, namespace)
-    token = (await kube.create(SERVICEACCOUNTS, {"apiVersion": "authentication.k8s.io/v1",
-                                                 "kind": "TokenRequest", "spec": {}},
-                               namespace, name="nobody", sub="token"))["status"]["token"]
+    token = (
+        await kube.create(
+            SERVICEACCOUNTS,
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+            namespace,
+            name="nobody",
+            sub="token",
+        )
+    )["status"]["token"]
     async with AsyncKube(kube.config.with_token(token)) as nobody:
         with pytest.raises(ApiError) as err:
             await nobody.list(PODS, namespace)

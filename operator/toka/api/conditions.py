@@ -32,7 +32,9 @@ class Condition(KubeModel):
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: Annotated[
         str,
-        StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+        StringConstraints(
+            min_length=1, max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+        ),
     ] = Field(description="CamelCase reason for the last transition.")
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE)] = Field(
         default="", description="Human-readable details."

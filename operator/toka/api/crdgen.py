@@ -62,9 +62,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in _PASSTHROUGH:
-            out[key] = value
-        elif key.startswith("x-kubernetes-"):
+        if key in _PASSTHROUGH or key.startswith("x-kubernetes-"):
             out[key] = value
         elif key == "const":
             out["enum"] = [value]
@@ -89,7 +87,11 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"schema keyword {key!r} has no structural translation: {node}")
     if "enum" in out and "type" not in out:
         out["type"] = "string"
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     if "default" in out and isinstance(out["default"], dict) and not out["default"]:
         out["default"] = {}
@@ -177,8 +179,12 @@ def agent_session_crd() -> dict[str, Any]:
         "budget. The operator runs each agent as an Agent and its Pod.",
         columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Progress", "type": "string", "jsonPath": ".status.progress",
-             "description": "Tasks done out of total."},
+            {
+                "name": "Progress",
+                "type": "string",
+                "jsonPath": ".status.progress",
+                "description": "Tasks done out of total.",
+            },
             {"name": "Agents", "type": "integer", "jsonPath": ".status.agents.total"},
             {"name": "Tokens", "type": "integer", "jsonPath": ".status.budget.usedTokens"},
         ],

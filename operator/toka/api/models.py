@@ -45,7 +45,8 @@ CapabilityString = Annotated[
 ]
 # Temperature is a string: the API has no floats. 0 to 2 with up to 3 decimals.
 Temperature = Annotated[
-    str, StringConstraints(max_length=5, pattern=r"^(0(\.[0-9]{1,3})?|1(\.[0-9]{1,3})?|2(\.0{1,3})?)$")
+    str,
+    StringConstraints(max_length=5, pattern=r"^(0(\.[0-9]{1,3})?|1(\.[0-9]{1,3})?|2(\.0{1,3})?)$"),
 ]
 Quantity = Annotated[
     str, StringConstraints(max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
@@ -155,7 +156,8 @@ class LLMSpec(KubeModel):
         "json_schema_extra": k8s(
             rules=[
                 (
-                    "!has(self.provider) || self.provider != 'openai-compatible' || has(self.baseURL)",
+                    "!has(self.provider) || self.provider != 'openai-compatible' "
+                    "|| has(self.baseURL)",
                     "baseURL is required when provider is openai-compatible",
                     ".baseURL",
                 ),
@@ -176,9 +178,9 @@ class LLMSpec(KubeModel):
     model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
         default=None, description="Model name, e.g. claude-sonnet-4-5 or gpt-4o."
     )
-    base_url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")] | None = (
-        Field(default=None, description="Base URL of an OpenAI-compatible server.")
-    )
+    base_url: (
+        Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")] | None
+    ) = Field(default=None, description="Base URL of an OpenAI-compatible server.")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding the provider's API key. Mounted into the kernel "
@@ -460,7 +462,8 @@ class AgentSessionSpec(KubeModel):
             rules=[
                 (
                     # `d in self.map(...)` is the form whose estimated cost fits the budget.
-                    "self.all(a, !has(a.dependsOn) || a.dependsOn.all(d, d in self.map(b, b.name)))",
+                    "self.all(a, !has(a.dependsOn) || "
+                    "a.dependsOn.all(d, d in self.map(b, b.name)))",
                     "every dependsOn entry must name an agent of this session",
                 )
             ],

@@ -77,11 +77,15 @@ def find_binaries() -> Binaries | None:
             root / "kube-apiserver",
             root / "etcd",
             kcm if _executable(kcm) else None,
-            ctl if _executable(ctl) else (kube_dir() / "kubectl" if _executable(kube_dir() / "kubectl") else None),
+            ctl
+            if _executable(ctl)
+            else (kube_dir() / "kubectl" if _executable(kube_dir() / "kubectl") else None),
         )
     kd, ed = kube_dir(), etcd_dir()
     if all(_executable(kd / b) for b in KUBE_BINARIES) and _executable(ed / "etcd"):
-        return Binaries(kd / "kube-apiserver", ed / "etcd", kd / "kube-controller-manager", kd / "kubectl")
+        return Binaries(
+            kd / "kube-apiserver", ed / "etcd", kd / "kube-controller-manager", kd / "kubectl"
+        )
     return None
 
 
@@ -112,8 +116,14 @@ def _say(log: bool, msg: str) -> None:
 
 
 def _go(go: str, args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false")}
-    proc = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false"),
+    }
+    proc = subprocess.run(
+        [go, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise BinariesError(f"`go {' '.join(args)}` failed in {cwd}:\n{proc.stderr[-4000:]}")
     return proc.stdout
@@ -174,8 +184,20 @@ def build_kubernetes(go: str, *, log: bool = True) -> None:
             continue
         started = time.monotonic()
         tmp = out / f"{binary}.tmp"
-        _go(go, ["build", "-tags", "notest,grpcnotrace", "-ldflags", ldflags, "-o", str(tmp),
-                 f"k8s.io/kubernetes/cmd/{binary}"], work)
+        _go(
+            go,
+            [
+                "build",
+                "-tags",
+                "notest,grpcnotrace",
+                "-ldflags",
+                ldflags,
+                "-o",
+                str(tmp),
+                f"k8s.io/kubernetes/cmd/{binary}",
+            ],
+            work,
+        )
         tmp.rename(out / binary)
         _say(log, f"built {binary} in {time.monotonic() - started:.0f}s")
 

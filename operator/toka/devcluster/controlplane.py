@@ -68,7 +68,9 @@ class ControlPlane:
     ):
         self.workdir = Path(workdir)
         self.binaries = binaries or ensure_binaries()
-        self.controller_manager = controller_manager and self.binaries.kube_controller_manager is not None
+        self.controller_manager = (
+            controller_manager and self.binaries.kube_controller_manager is not None
+        )
         self._die_with_parent = die_with_parent
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pki = self.workdir / "pki"
@@ -86,7 +88,9 @@ class ControlPlane:
         self.logs.mkdir(exist_ok=True)
         self.ca = CertificateAuthority(self.pki)
         self._serving = self.ca.issue(
-            "apiserver", cn="kube-apiserver", server=True,
+            "apiserver",
+            cn="kube-apiserver",
+            server=True,
             hosts=("127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default.svc"),
         )
         self._sa = service_account_keys(self.pki)
@@ -142,7 +146,7 @@ class ControlPlane:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent if self._die_with_parent else os.setpgrp,  # noqa: PLW1509
+            preexec_fn=die_with_parent if self._die_with_parent else os.setpgrp,
             cwd=self.workdir,
         )
         log.close()
@@ -159,7 +163,9 @@ class ControlPlane:
             if check():
                 return
             time.sleep(0.1)
-        raise ControlPlaneError(f"{name} not ready after {timeout:.0f}s; see {self.logs / name}.log")
+        raise ControlPlaneError(
+            f"{name} not ready after {timeout:.0f}s; see {self.logs / name}.log"
+        )
 
     # --- components ------------------------------------------------------------
 
@@ -223,7 +229,9 @@ class ControlPlane:
 
         def ready() -> bool:
             try:
-                with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=2) as resp:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310 - https to our own apiserver
+                    f"{self.server}/readyz", context=ctx, timeout=2
+                ) as resp:
                     return bool(resp.status == 200)
             except (OSError, urllib.error.URLError):
                 return False
@@ -231,7 +239,8 @@ class ControlPlane:
         self._wait("kube-apiserver", ready, timeout)
 
     def _start_controller_manager(self) -> None:
-        assert self.ca is not None and self.binaries.kube_controller_manager is not None
+        assert self.ca is not None
+        assert self.binaries.kube_controller_manager is not None
         pair = self.ca.issue("kcm", cn="system:kube-controller-manager")
         kubeconfig = self.workdir / "kcm.kubeconfig"
         self.write_kubeconfig(kubeconfig, pair)
@@ -261,12 +270,27 @@ class ControlPlane:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "toka-dev", "cluster": {
-                "server": self.server, "certificate-authority": str(self.ca.cert_path)}}],
-            "users": [{"name": "user", "user": {
-                "client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
-            "contexts": [{"name": "toka-dev", "context": {
-                "cluster": "toka-dev", "user": "user", "namespace": namespace}}],
+            "clusters": [
+                {
+                    "name": "toka-dev",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority": str(self.ca.cert_path),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "user",
+                    "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "toka-dev",
+                    "context": {"cluster": "toka-dev", "user": "user", "namespace": namespace},
+                }
+            ],
             "current-context": "toka-dev",
         }
         path.write_text(yaml.safe_dump(doc))
@@ -285,8 +309,15 @@ class ControlPlane:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "toka-dev", "cluster": {
-                "server": self.server, "certificate-authority": str(self.ca.cert_path)}}],
+            "clusters": [
+                {
+                    "name": "toka-dev",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority": str(self.ca.cert_path),
+                    },
+                }
+            ],
             "users": [{"name": "user", "user": {"token": token}}],
             "contexts": [{"name": "toka-dev", "context": {"cluster": "toka-dev", "user": "user"}}],
             "current-context": "toka-dev",

@@ -72,8 +72,13 @@ def up(state_dir: Path, *, with_node_agent: bool = True, timeout: float = 120) -
     if not with_node_agent:
         argv.append("--no-node-agent")
     with (state_dir / "serve.log").open("ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while _state(state_dir) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -85,8 +90,10 @@ def up(state_dir: Path, *, with_node_agent: bool = True, timeout: float = 120) -
         time.sleep(0.2)
     state = _state(state_dir)
     assert state is not None
-    print(f"dev cluster is up: {state['server']} (CRDs installed"
-          f"{', node toka-dev ready' if with_node_agent else ''})")
+    print(
+        f"dev cluster is up: {state['server']} (CRDs installed"
+        f"{', node toka-dev ready' if with_node_agent else ''})"
+    )
     print(f"kubeconfig: {state['kubeconfig']}")
     print("use it with:")
     print(f"  export KUBECONFIG={state['kubeconfig']} PATH={state['bin_dir']}:$PATH")
@@ -126,7 +133,9 @@ def serve(state_dir: Path, *, with_node_agent: bool = True) -> int:
     return 0
 
 
-async def _serve(cp: ControlPlane, state_dir: Path, with_node_agent: bool, kubectl: Path | None) -> None:
+async def _serve(
+    cp: ControlPlane, state_dir: Path, with_node_agent: bool, kubectl: Path | None
+) -> None:
     config = load_kubeconfig(cp.admin_kubeconfig)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -173,23 +173,33 @@ class PodRuntime:
         prev = self.conditions.get(type_)
         if prev and prev["status"] == status and prev.get("reason") == reason:
             return
-        cond: JSON = {"type": type_, "status": status, "lastTransitionTime": now_iso(),
-                      "lastProbeTime": None}
+        cond: JSON = {
+            "type": type_,
+            "status": status,
+            "lastTransitionTime": now_iso(),
+            "lastProbeTime": None,
+        }
         if reason:
             cond["reason"] = reason
         self.conditions[type_] = cond
 
     def status(self) -> JSON:
-        image_ids = {c.name: f"toka-dev://{c.spec.get('image', '')}" for c in self.inits + self.mains}
+        image_ids = {
+            c.name: f"toka-dev://{c.spec.get('image', '')}" for c in self.inits + self.mains
+        }
         inits_ok = all(
-            (c.sidecar and c.started) or (not c.sidecar and "terminated" in c.state
-                                          and c.state["terminated"]["exitCode"] == 0)
+            (c.sidecar and c.started)
+            or (
+                not c.sidecar and "terminated" in c.state and c.state["terminated"]["exitCode"] == 0
+            )
             for c in self.inits
         )
         self._cond("PodReadyToStartContainers", True)
         self._cond("Initialized", inits_ok, None if inits_ok else "ContainersNotInitialized")
-        ready = bool(self.mains) and all(c.ready for c in self.mains) and all(
-            c.ready for c in self.inits if c.sidecar
+        ready = (
+            bool(self.mains)
+            and all(c.ready for c in self.mains)
+            and all(c.ready for c in self.inits if c.sidecar)
         )
         terminal = self.phase in ("Succeeded", "Failed")
         reason = "PodCompleted" if terminal else (None if ready else "ContainersNotReady")
@@ -197,8 +207,10 @@ class PodRuntime:
         self._cond("Ready", ready and not terminal, reason)
         status: JSON = {
             "phase": self.phase,
-            "conditions": [self.conditions[t] for t in (
-                "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")]
+            "conditions": [
+                self.conditions[t]
+                for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
+            ]
             + ([self.agent.scheduled_condition(self.pod)]),
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
@@ -242,9 +254,7 @@ class PodRuntime:
         self._writer = asyncio.create_task(self._status_writer())
         self.mark()
         deadline = self.pod["spec"].get("activeDeadlineSeconds")
-        deadline_task = (
-            asyncio.create_task(self._deadline(int(deadline))) if deadline else None
-        )
+        deadline_task = asyncio.create_task(self._deadline(int(deadline))) if deadline else None
         try:
             await self._run_pod()
         except asyncio.CancelledError:
@@ -277,13 +287,19 @@ class PodRuntime:
         await asyncio.sleep(seconds)
         self._terminating = True
         await self._kill_all(0)
-        self._finish("Failed", "DeadlineExceeded",
-                     f"Pod was active on the node longer than the specified deadline ({seconds}s)")
+        self._finish(
+            "Failed",
+            "DeadlineExceeded",
+            f"Pod was active on the node longer than the specified deadline ({seconds}s)",
+        )
 
     async def _run_pod(self) -> None:
         # Images first, as a kubelet pulls before it starts anything.
-        bad = [c for c in self.inits + self.mains
-               if not is_toka_image(str(c.spec.get("image", "")), self.agent.images)]
+        bad = [
+            c
+            for c in self.inits + self.mains
+            if not is_toka_image(str(c.spec.get("image", "")), self.agent.images)
+        ]
         if bad:
             await self._image_backoff(bad)
             return
@@ -334,14 +350,17 @@ class PodRuntime:
         while not self._terminating:
             for c in bad:
                 image = c.spec.get("image", "")
-                c.state = {"waiting": {
-                    "reason": reason,
-                    "message": (
-                        f'Back-off pulling image "{image}"' if reason == "ImagePullBackOff"
-                        else f'Failed to pull image "{image}": the dev node runs only Toka\'s '
-                        f"image ({', '.join(self.agent.images)}); {image!r} is not available"
-                    ),
-                }}
+                c.state = {
+                    "waiting": {
+                        "reason": reason,
+                        "message": (
+                            f'Back-off pulling image "{image}"'
+                            if reason == "ImagePullBackOff"
+                            else f'Failed to pull image "{image}": the dev node runs only Toka\'s '
+                            f"image ({', '.join(self.agent.images)}); {image!r} is not available"
+                        ),
+                    }
+                }
             self.mark()
             await asyncio.sleep(IMAGE_BACKOFF_SECONDS)
             reason = "ImagePullBackOff" if reason == "ErrImagePull" else "ErrImagePull"
@@ -364,15 +383,19 @@ class PodRuntime:
                 src = dict(vol["secret"], name=vol["secret"].get("secretName"))
                 await self._write_source(path, src, SECRETS, "secret")
             elif "downwardAPI" in vol:
-                self._write_downward(path, vol["downwardAPI"].get("items", []),
-                                     vol["downwardAPI"].get("defaultMode", 0o644))
+                self._write_downward(
+                    path,
+                    vol["downwardAPI"].get("items", []),
+                    vol["downwardAPI"].get("defaultMode", 0o644),
+                )
             elif "projected" in vol:
                 await self._write_projected(path, vol["projected"])
             else:
                 raise PodSetupError(f"volume {name}: type not supported on the dev node")
 
-    async def _write_source(self, path: Path, src: JSON, res: Any, kind: str,
-                            mode: int | None = None) -> None:
+    async def _write_source(
+        self, path: Path, src: JSON, res: Any, kind: str, mode: int | None = None
+    ) -> None:
         try:
             obj = await self.agent.kube.get(res, src["name"], self.ns)
         except ApiError as err:
@@ -380,7 +403,8 @@ class PodRuntime:
                 return
             if err.not_found:
                 raise PodSetupError(
-                    f'MountVolume.SetUp failed: {kind} "{src["name"]}" not found') from err
+                    f'MountVolume.SetUp failed: {kind} "{src["name"]}" not found'
+                ) from err
             raise
         data: dict[str, bytes] = {}
         for k, v in (obj.get("data") or {}).items():
@@ -389,9 +413,11 @@ class PodRuntime:
             data[k] = base64.b64decode(v)
         file_mode = mode if mode is not None else src.get("defaultMode", 0o644)
         items = src.get("items")
-        pairs = [(i["key"], i["path"], i.get("mode", file_mode)) for i in items] if items else [
-            (k, k, file_mode) for k in data
-        ]
+        pairs = (
+            [(i["key"], i["path"], i.get("mode", file_mode)) for i in items]
+            if items
+            else [(k, k, file_mode) for k in data]
+        )
         for key, rel, m in pairs:
             if key not in data:
                 raise PodSetupError(f'{kind} "{src["name"]}" has no key "{key}"')
@@ -400,10 +426,14 @@ class PodRuntime:
     def _field(self, ref: str) -> str:
         meta, spec = self.pod["metadata"], self.pod["spec"]
         simple = {
-            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
-            "metadata.uid": meta["uid"], "spec.nodeName": spec.get("nodeName", ""),
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": spec.get("nodeName", ""),
             "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-            "status.podIP": self.ip, "status.hostIP": "127.0.0.1", "status.podIPs": self.ip,
+            "status.podIP": self.ip,
+            "status.hostIP": "127.0.0.1",
+            "status.podIPs": self.ip,
         }
         if ref in simple:
             return str(simple[ref])
@@ -418,8 +448,11 @@ class PodRuntime:
     def _write_downward(self, path: Path, items: list[JSON], mode: int) -> None:
         for item in items:
             if "fieldRef" in item:
-                self._write_file(path / item["path"], self._field(item["fieldRef"]["fieldPath"]).encode(),
-                                 item.get("mode", mode))
+                self._write_file(
+                    path / item["path"],
+                    self._field(item["fieldRef"]["fieldPath"]).encode(),
+                    item.get("mode", mode),
+                )
 
     async def _write_projected(self, path: Path, proj: JSON) -> None:
         mode = proj.get("defaultMode", 0o644)
@@ -429,8 +462,11 @@ class PodRuntime:
                 target = path / sat["path"]
                 lifetime = max(int(sat.get("expirationSeconds", 3600)), SA_TOKEN_MIN_SECONDS)
                 expiry = await self._request_token(target, sat.get("audience"), lifetime, mode)
-                self.token_tasks.append(asyncio.create_task(
-                    self._refresh_token(target, sat.get("audience"), lifetime, mode, expiry)))
+                self.token_tasks.append(
+                    asyncio.create_task(
+                        self._refresh_token(target, sat.get("audience"), lifetime, mode, expiry)
+                    )
+                )
             elif "configMap" in source:
                 await self._write_source(path, source["configMap"], CONFIGMAPS, "configMap", mode)
             elif "secret" in source:
@@ -438,30 +474,38 @@ class PodRuntime:
             elif "downwardAPI" in source:
                 self._write_downward(path, source["downwardAPI"].get("items", []), mode)
 
-    async def _request_token(self, target: Path, audience: str | None, lifetime: int, mode: int) -> float:
+    async def _request_token(
+        self, target: Path, audience: str | None, lifetime: int, mode: int
+    ) -> float:
         sa = self.pod["spec"].get("serviceAccountName") or "default"
         body: JSON = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
             "spec": {
                 "expirationSeconds": lifetime,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name,
-                                   "uid": self.uid},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.name,
+                    "uid": self.uid,
+                },
             },
         }
         if audience:
             body["spec"]["audiences"] = [audience]
         try:
             resp = await self.agent.kube.create(
-                SERVICEACCOUNTS, body, self.ns, name=sa, sub="token")
+                SERVICEACCOUNTS, body, self.ns, name=sa, sub="token"
+            )
         except ApiError as err:
             raise PodSetupError(f"TokenRequest for ServiceAccount {sa!r}: {err.message}") from err
         self._write_file(target, resp["status"]["token"].encode(), mode)
         exp = datetime.fromisoformat(resp["status"]["expirationTimestamp"].replace("Z", "+00:00"))
         return exp.timestamp()
 
-    async def _refresh_token(self, target: Path, audience: str | None, lifetime: int, mode: int,
-                             expiry: float) -> None:
+    async def _refresh_token(
+        self, target: Path, audience: str | None, lifetime: int, mode: int, expiry: float
+    ) -> None:
         issued = time.time()
         while True:
             # As the kubelet: refresh at 80% of the lifetime (or sooner if asked).
@@ -489,8 +533,15 @@ class PodRuntime:
     # --- containers -------------------------------------------------------------
 
     async def _container_env(self, spec: JSON) -> dict[str, str]:
-        path_dirs = [str(Path(sys.executable).parent), "/usr/local/sbin", "/usr/local/bin",
-                     "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        path_dirs = [
+            str(Path(sys.executable).parent),
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
         env: dict[str, str] = {
             "PATH": ":".join(path_dirs),
             "HOME": "/",
@@ -527,7 +578,10 @@ class PodRuntime:
     async def _value_from(self, src: JSON, spec: JSON) -> str:
         if "fieldRef" in src:
             return self._field(src["fieldRef"]["fieldPath"])
-        for key, res, b64 in (("secretKeyRef", SECRETS, True), ("configMapKeyRef", CONFIGMAPS, False)):
+        for key, res, b64 in (
+            ("secretKeyRef", SECRETS, True),
+            ("configMapKeyRef", CONFIGMAPS, False),
+        ):
             if key in src:
                 ref = src[key]
                 try:
@@ -543,7 +597,8 @@ class PodRuntime:
                     if ref.get("optional"):
                         return ""
                     raise PodSetupError(
-                        f"couldn't find key {ref['key']} in {key[:-6]} {self.ns}/{ref['name']}")
+                        f"couldn't find key {ref['key']} in {key[:-6]} {self.ns}/{ref['name']}"
+                    )
                 return base64.b64decode(value).decode() if b64 else str(value)
         if "resourceFieldRef" in src:
             res = src["resourceFieldRef"]["resource"]
@@ -567,8 +622,13 @@ class PodRuntime:
             if base is None:
                 raise PodSetupError(f"volumeMount {vm['name']!r} names no volume")
             source = base / vm["subPath"] if vm.get("subPath") else base
-            mounts.append({"source": str(source), "target": vm["mountPath"],
-                           "readOnly": bool(vm.get("readOnly"))})
+            mounts.append(
+                {
+                    "source": str(source),
+                    "target": vm["mountPath"],
+                    "readOnly": bool(vm.get("readOnly")),
+                }
+            )
         command = [expand(a, env) for a in spec.get("command", [])] or ["toka"]
         args = [expand(a, env) for a in spec.get("args", [])]
         return {
@@ -603,8 +663,13 @@ class PodRuntime:
         logs.mkdir(parents=True, exist_ok=True)
         with (logs / f"{c.name}.log").open("ab") as out:
             c.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "toka.devcluster.sandbox", str(spec_file),
-                stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "toka.devcluster.sandbox",
+                str(spec_file),
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
             )
         c.state = {"running": {"startedAt": now_iso()}}
         c.stopping = False
@@ -617,10 +682,19 @@ class PodRuntime:
     def _terminated(self, c: ContainerRun, code: int) -> JSON:
         started = c.state.get("running", {}).get("startedAt", now_iso())
         if code < 0:
-            return {"exitCode": 128 - code, "signal": -code, "reason": "Error",
-                    "startedAt": started, "finishedAt": now_iso()}
-        return {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                "startedAt": started, "finishedAt": now_iso()}
+            return {
+                "exitCode": 128 - code,
+                "signal": -code,
+                "reason": "Error",
+                "startedAt": started,
+                "finishedAt": now_iso(),
+            }
+        return {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": started,
+            "finishedAt": now_iso(),
+        }
 
     async def _wait(self, c: ContainerRun) -> int:
         assert c.proc is not None
@@ -653,8 +727,12 @@ class PodRuntime:
             c.last_state = {"terminated": term}
             c.restarts += 1
             c.ready = False
-            c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                   "message": f"back-off {backoff:.0f}s restarting failed container"}}
+            c.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {backoff:.0f}s restarting failed container",
+                }
+            }
             self.mark()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30)
@@ -693,8 +771,13 @@ class PodRuntime:
             with os.fdopen(fd, "w") as fh:
                 json.dump(spec, fh)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "toka.devcluster.sandbox", str(spec_file),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                sys.executable,
+                "-m",
+                "toka.devcluster.sandbox",
+                str(spec_file),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             try:
                 return await asyncio.wait_for(proc.wait(), timeout + 5) == 0
             except TimeoutError:
@@ -836,8 +919,12 @@ class NodeAgent:
         for c in (pod.get("status") or {}).get("conditions", []):
             if c.get("type") == "PodScheduled":
                 return dict(c)
-        return {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso(),
-                "lastProbeTime": None}
+        return {
+            "type": "PodScheduled",
+            "status": "True",
+            "lastTransitionTime": now_iso(),
+            "lastProbeTime": None,
+        }
 
     # --- node and lease ---------------------------------------------------------------
 
@@ -848,26 +935,47 @@ class NodeAgent:
         return {
             "capacity": {"cpu": cpus, "memory": mem, "pods": "110"},
             "allocatable": {"cpu": cpus, "memory": mem, "pods": "110"},
-            "conditions": [{
-                "type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "toka dev node agent is posting ready status",
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
-            }],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": socket.gethostname()}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "toka dev node agent is posting ready status",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": socket.gethostname()},
+            ],
             "nodeInfo": {
-                "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "",
-                "containerRuntimeVersion": "toka-dev://1", "operatingSystem": "linux",
-                "architecture": "amd64", "osImage": "toka dev node", "kernelVersion": os.uname().release,
-                "machineID": "", "systemUUID": "", "bootID": "",
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": "toka-dev://1",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "osImage": "toka dev node",
+                "kernelVersion": os.uname().release,
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
             },
         }
 
     async def register_node(self) -> None:
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": {
-            "name": self.node_name,
-            "labels": {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
-                       "toka.dev/dev-node": "true"}}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "labels": {
+                    "kubernetes.io/hostname": self.node_name,
+                    "kubernetes.io/os": "linux",
+                    "toka.dev/dev-node": "true",
+                },
+            },
+        }
         try:
             await self.kube.create(NODES, body)
         except ApiError as err:
@@ -876,18 +984,26 @@ class NodeAgent:
         await self.kube.patch(NODES, self.node_name, {"status": self._node_status()}, sub="status")
 
     async def _lease_loop(self, stop: asyncio.Event) -> None:
-        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                 "metadata": {"name": self.node_name, "namespace": "kube-node-lease"},
-                 "spec": {"holderIdentity": self.node_name, "leaseDurationSeconds": 40,
-                          "renewTime": now_micro()}}
+        lease: JSON = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.node_name, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": self.node_name,
+                "leaseDurationSeconds": 40,
+                "renewTime": now_micro(),
+            },
+        }
         beats = 0
         while not stop.is_set():
             try:
                 try:
-                    await self.kube.patch(LEASES, self.node_name,
-                                          {"spec": {"renewTime": now_micro(),
-                                                    "holderIdentity": self.node_name}},
-                                          "kube-node-lease")
+                    await self.kube.patch(
+                        LEASES,
+                        self.node_name,
+                        {"spec": {"renewTime": now_micro(), "holderIdentity": self.node_name}},
+                        "kube-node-lease",
+                    )
                 except ApiError as err:
                     if not err.not_found:
                         raise
@@ -895,8 +1011,9 @@ class NodeAgent:
                     await self.kube.create(LEASES, lease, "kube-node-lease")
                 beats += 1
                 if beats % 6 == 0:
-                    await self.kube.patch(NODES, self.node_name, {"status": self._node_status()},
-                                          sub="status")
+                    await self.kube.patch(
+                        NODES, self.node_name, {"status": self._node_status()}, sub="status"
+                    )
             except (ApiError, httpx.TransportError) as err:
                 log.warning("lease renewal: %s", err)
             with contextlib.suppress(TimeoutError):
@@ -922,7 +1039,9 @@ class NodeAgent:
     async def _watch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                async for event in self.kube.list_and_watch(PODS, label_selector=AGENT_LABEL, stop=stop):
+                async for event in self.kube.list_and_watch(
+                    PODS, label_selector=AGENT_LABEL, stop=stop
+                ):
                     await self.on_pod_event(event["type"], event["object"])
             except (ApiError, httpx.TransportError, httpx.StreamError) as err:
                 log.warning("pod watch: %s; relisting", err)
@@ -959,9 +1078,12 @@ class NodeAgent:
 
     async def _bind(self, pod: JSON) -> None:
         meta = pod["metadata"]
-        body = {"apiVersion": "v1", "kind": "Binding",
-                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+        }
         try:
             await self.kube.create(PODS, body, meta["namespace"], name=meta["name"], sub="binding")
         except ApiError as err:
@@ -971,10 +1093,20 @@ class NodeAgent:
     async def _fail_orphan(self, pod: JSON) -> None:
         meta = pod["metadata"]
         with contextlib.suppress(ApiError):
-            await self.kube.patch(PODS, meta["name"], {"status": {
-                "phase": "Failed", "reason": "NodeAgentRestarted",
-                "message": "the dev node agent restarted and this pod's processes ended with it"}},
-                meta["namespace"], sub="status")
+            await self.kube.patch(
+                PODS,
+                meta["name"],
+                {
+                    "status": {
+                        "phase": "Failed",
+                        "reason": "NodeAgentRestarted",
+                        "message": "the dev node agent restarted and this pod's "
+                        "processes ended with it",
+                    }
+                },
+                meta["namespace"],
+                sub="status",
+            )
 
     async def _delete(self, pod: JSON, grace: float) -> None:
         meta = pod["metadata"]
@@ -983,8 +1115,9 @@ class NodeAgent:
         if runtime is not None:
             await runtime.terminate(grace)
         with contextlib.suppress(ApiError, httpx.TransportError):
-            await self.kube.delete(PODS, meta["name"], meta["namespace"],
-                                   grace_period_seconds=0, preconditions_uid=uid)
+            await self.kube.delete(
+                PODS, meta["name"], meta["namespace"], grace_period_seconds=0, preconditions_uid=uid
+            )
         await self._forget(uid, grace=0)
 
     async def _forget(self, uid: str, grace: float) -> None:
@@ -1007,9 +1140,13 @@ class NodeAgent:
         return None
 
 
-async def run_node_agent(config: KubeConfig, root: Path, stop: asyncio.Event,
-                         ready: asyncio.Event | None = None,
-                         hidden_paths: tuple[Path, ...] = ()) -> None:
+async def run_node_agent(
+    config: KubeConfig,
+    root: Path,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    hidden_paths: tuple[Path, ...] = (),
+) -> None:
     async with AsyncKube(config) as kube:
         await NodeAgent(kube, root, hidden_paths=hidden_paths).run(stop, ready)
 
@@ -1030,8 +1167,16 @@ def main(root: Path, kubeconfig: str | None) -> int:
     if not path:
         raise SystemExit("toka node-agent: give --kubeconfig or set KUBECONFIG")
     config = load_kubeconfig(path)
-    hidden = tuple({Path(path).resolve().parent, *(Path(p).resolve().parent for p in
-                    (config.ca_file, config.cert_file, config.key_file) if p)})
+    hidden = tuple(
+        {
+            Path(path).resolve().parent,
+            *(
+                Path(p).resolve().parent
+                for p in (config.ca_file, config.cert_file, config.key_file)
+                if p
+            ),
+        }
+    )
 
     async def amain() -> None:
         stop = asyncio.Event()

@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 1
@@ -47,7 +48,9 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def mount(
+    source: str, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     _check(
         _libc.mount(
             source.encode(),
@@ -83,7 +86,7 @@ def _inside(root: str, path: str, _depth: int = 0) -> str:
         candidate = os.path.join(resolved, part)
         if os.path.islink(candidate):
             link = os.readlink(candidate)
-            base = "/" if link.startswith("/") else resolved[len(root):] or "/"
+            base = "/" if link.startswith("/") else resolved[len(root) :] or "/"
             rest = "/".join(parts[i + 1 :])
             return _inside(root, os.path.join(base, link, rest), _depth + 1)
         resolved = candidate
@@ -126,7 +129,7 @@ def enter(spec: dict[str, object]) -> None:
         # in this container's view only (the change lands in the overlay's upper).
         home = _inside(root, "/root")
         if os.path.isdir(home):
-            os.chmod(home, 0o711)
+            os.chmod(home, 0o711)  # noqa: S103 - traverse only, this container's view
     if spec.get("readOnlyRoot"):
         mount("none", root, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     os.chroot(root)
@@ -147,15 +150,15 @@ def enter(spec: dict[str, object]) -> None:
 
 def main(argv: list[str]) -> int:
     spec_path = argv[1]
-    spec = json.loads(Path(spec_path).read_text())
+    spec: dict[str, Any] = json.loads(Path(spec_path).read_text())
     os.unlink(spec_path)
     try:
         enter(spec)
     except OSError as err:
         print(f"toka-dev sandbox: cannot start container: {err}", file=sys.stderr, flush=True)
         return 128
-    args = [str(a) for a in spec["argv"]]  # type: ignore[union-attr]
-    env = {str(k): str(v) for k, v in spec["env"].items()}  # type: ignore[union-attr]
+    args = [str(a) for a in spec["argv"]]
+    env = {str(k): str(v) for k, v in spec["env"].items()}
     try:
         os.execvpe(args[0], args, env)
     except OSError as err:

@@ -3,4 +3,12 @@
 from toka.kube.client import ApiError, AsyncKube, Resource
 from toka.kube.config import ConfigError, KubeConfig, from_env, load_kubeconfig
 
-__all__ = ["ApiError", "AsyncKube", "ConfigError", "KubeConfig", "Resource", "from_env", "load_kubeconfig"]
+__all__ = [
+    "ApiError",
+    "AsyncKube",
+    "ConfigError",
+    "KubeConfig",
+    "Resource",
+    "from_env",
+    "load_kubeconfig",
+]

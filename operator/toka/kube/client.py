@@ -36,7 +36,9 @@ class Resource:
     plural: str
     namespaced: bool = True
 
-    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    def path(
+        self, namespace: str | None = None, name: str | None = None, sub: str | None = None
+    ) -> str:
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
         if self.namespaced and namespace:
             base += f"/namespaces/{namespace}"
@@ -161,7 +163,9 @@ class AsyncKube:
 
     # --- verbs ---
 
-    async def get(self, res: Resource, name: str, namespace: str | None = None, sub: str | None = None) -> JSON:
+    async def get(
+        self, res: Resource, name: str, namespace: str | None = None, sub: str | None = None
+    ) -> JSON:
         result: JSON = await self.request("GET", res.path(namespace, name, sub))
         return result
 
@@ -181,8 +185,14 @@ class AsyncKube:
         return result
 
     async def create(
-        self, res: Resource, body: JSON, namespace: str | None = None, sub: str | None = None,
-        name: str | None = None, *, field_validation: str | None = None,
+        self,
+        res: Resource,
+        body: JSON,
+        namespace: str | None = None,
+        sub: str | None = None,
+        name: str | None = None,
+        *,
+        field_validation: str | None = None,
         dry_run: bool = False,
     ) -> JSON:
         """POST; `field_validation="Strict"` rejects unknown fields as kubectl does."""
@@ -192,7 +202,14 @@ class AsyncKube:
         )
         return result
 
-    async def replace(self, res: Resource, name: str, body: JSON, namespace: str | None = None, sub: str | None = None) -> JSON:
+    async def replace(
+        self,
+        res: Resource,
+        name: str,
+        body: JSON,
+        namespace: str | None = None,
+        sub: str | None = None,
+    ) -> JSON:
         result: JSON = await self.request("PUT", res.path(namespace, name, sub), body=body)
         return result
 
@@ -313,8 +330,11 @@ class AsyncKube:
             try:
                 while stop is None or not stop.is_set():
                     async for event in self.watch(
-                        res, namespace, resource_version=rv,
-                        label_selector=label_selector, field_selector=field_selector,
+                        res,
+                        namespace,
+                        resource_version=rv,
+                        label_selector=label_selector,
+                        field_selector=field_selector,
                     ):
                         rv = event["object"]["metadata"].get("resourceVersion", rv)
                         if event["type"] != "BOOKMARK":

@@ -53,14 +53,20 @@ class KubeConfig:
     def with_token_file(self, token_file: str) -> KubeConfig:
         """Same server and CA, authenticated by a token file instead of our credentials."""
         return KubeConfig(
-            server=self.server, ca_file=self.ca_file, token_file=token_file,
-            namespace=self.namespace, insecure=self.insecure,
+            server=self.server,
+            ca_file=self.ca_file,
+            token_file=token_file,
+            namespace=self.namespace,
+            insecure=self.insecure,
         )
 
     def with_token(self, token: str) -> KubeConfig:
         return KubeConfig(
-            server=self.server, ca_file=self.ca_file, token=token,
-            namespace=self.namespace, insecure=self.insecure,
+            server=self.server,
+            ca_file=self.ca_file,
+            token=token,
+            namespace=self.namespace,
+            insecure=self.insecure,
         )
 
 
@@ -81,7 +87,9 @@ def load_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
         raise ConfigError(f"kubeconfig {path}: context {ctx_name!r} not found")
     ctx = contexts[ctx_name]
     cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
-    user = next((u["user"] for u in doc.get("users", []) if u["name"] == ctx.get("user")), {})
+    user: dict[str, Any] = next(
+        (u["user"] for u in doc.get("users", []) if u["name"] == ctx.get("user")), {}
+    )
     base = Path(path).parent
 
     def file_or_data(file_key: str, data_key: str, section: dict[str, Any], sfx: str) -> str | None:
@@ -93,7 +101,9 @@ def load_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
 
     return KubeConfig(
         server=cluster["server"].rstrip("/"),
-        ca_file=file_or_data("certificate-authority", "certificate-authority-data", cluster, ".crt"),
+        ca_file=file_or_data(
+            "certificate-authority", "certificate-authority-data", cluster, ".crt"
+        ),
         cert_file=file_or_data("client-certificate", "client-certificate-data", user, ".crt"),
         key_file=file_or_data("client-key", "client-key-data", user, ".key"),
         token=user.get("token"),
@@ -104,7 +114,10 @@ def load_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
 
 
 def in_cluster(sa_dir: Path = SA_DIR) -> KubeConfig:
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
     if not host or not port or not (sa_dir / "token").exists():
         raise ConfigError("not running in a cluster (no KUBERNETES_SERVICE_HOST or token)")
     if ":" in host:

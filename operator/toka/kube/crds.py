@@ -21,15 +21,22 @@ async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: 
             if not err.conflict:
                 raise
             current = await kube.get(CRDS, name)
-            body = dict(crd, metadata={**crd["metadata"],
-                                       "resourceVersion": current["metadata"]["resourceVersion"]})
+            body = dict(
+                crd,
+                metadata={
+                    **crd["metadata"],
+                    "resourceVersion": current["metadata"]["resourceVersion"],
+                },
+            )
             await kube.replace(CRDS, name, body)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     for name in names:
         while True:
             crd = await kube.get(CRDS, name)
-            conds = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
+            conds = {
+                c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []
+            }
             if conds.get("Established") == "True":
                 break
             if loop.time() > deadline:

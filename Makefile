@@ -1,0 +1,51 @@
+# Every target creates or refreshes the project's virtual environment itself:
+# on a fresh clone, `make test` and `make dev-up` need nothing installed first
+# but Python 3.11 and Go (Go only builds the dev control plane, once).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.toka-installed
+
+.PHONY: venv test test-unit lint fmt crds controlplane dev-up dev-down clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# kube-apiserver, etcd, kube-controller-manager, kubectl: found in
+# $KUBEBUILDER_ASSETS or ~/.cache/toka, else built from their Go modules (once).
+controlplane: $(STAMP)
+	$(BIN)/toka dev binaries
+
+test: controlplane
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/toka crds --check
+
+fmt: $(STAMP)
+	$(BIN)/ruff format operator tests
+	$(BIN)/ruff check --fix operator tests
+
+crds: $(STAMP)
+	$(BIN)/toka crds
+
+dev-up: controlplane
+	$(BIN)/toka dev up
+
+dev-down: $(STAMP)
+	$(BIN)/toka dev down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

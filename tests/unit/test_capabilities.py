@@ -1,0 +1,174 @@
+"""The capability grammar: parse, aliases, permits, narrowing — default deny."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.capability_table import INVALID, VALID
+from toka.api.capabilities import (
+    ALIASES,
+    CAPABILITY_PATTERN,
+    Capability,
+    CapabilityError,
+    Grant,
+    glob_covers,
+    is_valid,
+    parse,
+)
+
+
+@pytest.mark.parametrize("text", VALID)
+def test_valid_capabilities_parse(text: str) -> None:
+    assert is_valid(text)
+    assert parse(text)
+
+
+@pytest.mark.parametrize("text", INVALID)
+def test_invalid_capabilities_are_refused_with_the_grammar_in_the_message(text: str) -> None:
+    assert not is_valid(text)
+    with pytest.raises(CapabilityError) as err:
+        parse(text)
+    assert "capability" in str(err.value)
+
+
+def test_the_crd_pattern_compiles_without_lookarounds_so_go_accepts_it() -> None:
+    assert "(?=" not in CAPABILITY_PATTERN
+    assert "(?!" not in CAPABILITY_PATTERN
+    re.compile(CAPABILITY_PATTERN)
+
+
+EXPANSIONS = [
+    ("filesystem-read", ["fs:read:**"]),
+    ("filesystem-write", ["fs:write:**"]),
+    ("analysis", ["fs:read:**"]),
+    ("reporting", ["fs:write:reports/**"]),
+    ("cargo-execution", ["shell:exec:cargo"]),
+    ("git-access", ["shell:exec:git"]),
+    ("npm-execution", ["shell:exec:npm"]),
+    ("python-execution", ["shell:exec:python3"]),
+    ("make-execution", ["shell:exec:make"]),
+    ("go-execution", ["shell:exec:go"]),
+    ("network-access", ["net:http:*"]),
+    ("llm-access", ["llm:complete"]),
+    ("agent-spawning", ["agent:spawn"]),
+]
+
+
+@pytest.mark.parametrize(("alias", "expected"), EXPANSIONS)
+def test_the_seeds_aliases_expand_to_canonical_capabilities(
+    alias: str, expected: list[str]
+) -> None:
+    assert [str(c) for c in parse(alias)] == expected
+
+
+def test_every_alias_in_the_table_is_tested() -> None:
+    assert {a for a, _ in EXPANSIONS} == set(ALIASES)
+
+
+PERMITS = [
+    # (granted, domain, action, target, allowed)
+    ("fs:read:src/**", "fs", "read", "src/main.py", True),
+    ("fs:read:src/**", "fs", "read", "src/a/b/c.py", True),
+    ("fs:read:src/**", "fs", "read", "src2/main.py", False),
+    ("fs:read:src/**", "fs", "write", "src/main.py", False),
+    ("fs:read:**", "fs", "read", ".hidden/x", True),
+    ("fs:read:**", "fs", "read", "a", True),
+    ("fs:write:src/*.py", "fs", "write", "src/a.py", True),
+    ("fs:write:src/*.py", "fs", "write", "src/x/a.py", False),
+    ("fs:write:src/*.py", "fs", "write", "src/a.pyc", False),
+    ("fs:read:docs/?.md", "fs", "read", "docs/a.md", True),
+    ("fs:read:docs/?.md", "fs", "read", "docs/ab.md", False),
+    ("fs:read:a/**/z.txt", "fs", "read", "a/z.txt", True),
+    ("fs:read:a/**/z.txt", "fs", "read", "a/b/c/z.txt", True),
+    ("shell:exec:git", "shell", "exec", "git", True),
+    ("shell:exec:git", "shell", "exec", "gitk", False),
+    ("shell:exec:git", "shell", "exec", "/usr/bin/git", False),
+    ("net:http:*.python.org", "net", "http", "docs.python.org", True),
+    ("net:http:*.python.org", "net", "http", "DOCS.Python.org.", True),
+    ("net:http:*.python.org", "net", "http", "python.org", False),
+    ("net:http:*.python.org", "net", "http", "evilpython.org", False),
+    ("net:http:api.github.com", "net", "http", "api.github.com", True),
+    ("net:http:api.github.com", "net", "http", "github.com", False),
+    ("net:http:*", "net", "http", "example.com", True),
+    ("llm:complete", "llm", "complete", "", True),
+    ("llm:complete", "agent", "spawn", "", False),
+    ("agent:spawn", "agent", "spawn", "", True),
+    ("filesystem-read", "fs", "read", "deep/x", True),
+    ("filesystem-read", "fs", "write", "deep/x", False),
+]
+
+
+@pytest.mark.parametrize(("granted", "domain", "action", "target", "allowed"), PERMITS)
+def test_a_grant_permits_exactly_what_it_names(
+    granted: str, domain: str, action: str, target: str, allowed: bool
+) -> None:
+    assert (Grant.from_strings([granted]).permits(domain, action, target) is not None) is allowed
+
+
+def test_an_empty_grant_denies_everything() -> None:
+    grant = Grant.from_strings([])
+    assert grant.permits("llm", "complete") is None
+    assert grant.permits("fs", "read", "a") is None
+
+
+COVERS = [
+    # (parent, child, child is equal or narrower)
+    ("fs:read:**", "fs:read:src/**", True),
+    ("fs:read:src/**", "fs:read:src/a/*.py", True),
+    ("fs:read:src/**", "fs:read:src/**", True),
+    ("fs:read:src/**", "fs:read:**", False),
+    ("fs:read:src/*.py", "fs:read:src/**", False),
+    ("fs:read:src/*.py", "fs:read:src/a*.py", True),
+    ("fs:read:src/?.py", "fs:read:src/a.py", True),
+    ("fs:read:src/?.py", "fs:read:src/*.py", False),
+    ("fs:write:**", "fs:read:src/x", False),
+    ("fs:read:**/*.md", "fs:read:docs/a.md", True),
+    ("fs:read:docs/*", "fs:read:docs/a/b", False),
+    ("net:http:*", "net:http:a.com", True),
+    ("net:http:*.x.com", "net:http:a.x.com", True),
+    ("net:http:*.x.com", "net:http:*.a.x.com", True),
+    ("net:http:*.x.com", "net:http:x.com", False),
+    ("net:http:*.x.com", "net:http:*", False),
+    ("net:http:a.com", "net:http:*.a.com", False),
+    ("shell:exec:git", "shell:exec:git", True),
+    ("shell:exec:git", "shell:exec:cargo", False),
+    ("llm:complete", "llm:complete", True),
+    ("agent:spawn", "agent:spawn", True),
+    ("llm:complete", "agent:spawn", False),
+]
+
+
+@pytest.mark.parametrize(("parent", "child", "covered"), COVERS)
+def test_narrowing_is_textual_and_conservative(parent: str, child: str, covered: bool) -> None:
+    (p,), (c,) = parse(parent), parse(child)
+    assert p.covers(c) is covered
+
+
+def test_a_grant_covers_a_child_capability_through_any_of_its_own() -> None:
+    parent = Grant.from_strings(["fs:read:src/**", "shell:exec:git"])
+    assert parent.covers(Capability("fs", "read", "src/a/**"))
+    assert not parent.covers(Capability("fs", "write", "src/a"))
+
+
+segment = st.sampled_from(["a", "b", "ab", "*", "?", "a*", "*b", "**"])
+path_seg = st.sampled_from(["a", "b", "ab", "ba", "aab", "x"])
+
+
+@given(
+    parent=st.lists(segment, min_size=1, max_size=4),
+    child=st.lists(segment, min_size=1, max_size=4),
+    path=st.lists(path_seg, min_size=1, max_size=5),
+)
+def test_a_covered_glob_never_matches_a_path_its_parent_does_not(
+    parent: list[str], child: list[str], path: list[str]
+) -> None:
+    p, c = "/".join(parent), "/".join(child)
+    if glob_covers(p, c):
+        target = "/".join(path)
+        child_cap, parent_cap = Capability("fs", "read", c), Capability("fs", "read", p)
+        if child_cap.permits("fs", "read", target):
+            assert parent_cap.permits("fs", "read", target)
