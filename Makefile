@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toka-installed
 
-.PHONY: venv test test-unit lint fmt crds controlplane dev-up dev-down clean
+.PHONY: venv test test-unit lint fmt crds controlplane dev-up dev-down bench bench-smoke clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,18 +28,25 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/toka crds --check
 
 fmt: $(STAMP)
-	$(BIN)/ruff format operator tests
-	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tests bench
 
 crds: $(STAMP)
 	$(BIN)/toka crds
+
+# Benchmarks print their baseline (measured in the same run) and a ratio; never asserted.
+bench: $(STAMP)
+	$(BIN)/python -m bench.llm_gateway_overhead
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.llm_gateway_overhead --smoke
 
 dev-up: controlplane
 	$(BIN)/toka dev up

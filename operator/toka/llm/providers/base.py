@@ -1,0 +1,135 @@
+"""The provider interface and the one place HTTP failures become typed errors.
+
+429, 5xx, 529, timeouts, refused connections and truncated bodies are
+retryable (with the server's `Retry-After`, in seconds or as an HTTP date);
+400/401/403/404 and other 4xx are permanent and carry the provider's own
+message. Every message passes the redactor, so a key echoed back by a
+provider never reaches an exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx
+
+from toka.llm.errors import InvalidResponse, PermanentProviderError, RetryableProviderError
+from toka.llm.types import Completion, CompletionRequest, TextDelta
+
+JSON = dict[str, Any]
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: CompletionRequest) -> Completion: ...
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Completion]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def _provider_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:300].decode(errors="replace").strip() or "(empty body)"
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("type") or err)
+    if isinstance(err, str):
+        return err
+    return str(data)[:300]
+
+
+def raise_for_status(
+    provider: str, resp: httpx.Response, body: bytes, redact: Callable[[str], str]
+) -> None:
+    status = resp.status_code
+    if status < 400:
+        return
+    message = redact(_provider_message(body))
+    if status == 429 or status >= 500:
+        reason = {429: "rate_limited", 529: "overloaded"}.get(status, "server_error")
+        raise RetryableProviderError(
+            provider,
+            reason,
+            message,
+            status=status,
+            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+        )
+    if status in (408, 409):
+        raise RetryableProviderError(provider, "conflict_or_timeout", message, status=status)
+    raise PermanentProviderError(provider, status, message)
+
+
+def transport_error(
+    provider: str, err: Exception, redact: Callable[[str], str]
+) -> RetryableProviderError:
+    if isinstance(err, httpx.TimeoutException):
+        reason = "timeout"
+    elif isinstance(err, httpx.ConnectError):
+        reason = "connect"
+    elif isinstance(err, (httpx.RemoteProtocolError, httpx.ReadError)):
+        reason = "truncated"
+    else:
+        reason = "transport"
+    return RetryableProviderError(provider, reason, redact(str(err) or type(err).__name__))
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    headers: dict[str, str],
+    body: JSON,
+    redact: Callable[[str], str],
+) -> JSON:
+    try:
+        resp = await client.post(url, headers=headers, json=body)
+        raw = resp.content
+    except httpx.HTTPError as err:
+        raise transport_error(provider, err, redact) from None
+    raise_for_status(provider, resp, raw, redact)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidResponse(provider, f"malformed JSON body ({len(raw)} bytes)") from None
+    if not isinstance(data, dict):
+        raise InvalidResponse(provider, "JSON body is not an object")
+    return data
+
+
+def parse_arguments(provider: str, raw: Any) -> dict[str, Any]:
+    """Tool-call arguments: a JSON object (OpenAI sends it as a string)."""
+    if isinstance(raw, dict):
+        return raw
+    if raw in (None, ""):
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        raise InvalidResponse(provider, f"tool arguments are not JSON: {str(raw)[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise InvalidResponse(provider, "tool arguments are not a JSON object")
+    return value
