@@ -549,3 +549,10 @@ async def test_record_mode_then_replay_gives_the_same_results(
         )
         assert s1.usage == s2.usage
     assert len(openai.requests) == 2
+
+
+async def test_an_oversized_answer_is_refused_as_invalid(anthropic: ProviderServer) -> None:
+    huge = anthropic_message("x" * 1_000_001)
+    anthropic.script(*[Reply(body=huge) for _ in range(4)])
+    with pytest.raises(InvalidResponse, match="longer than 1000000 characters"):
+        await gateway(anthropic, Provider.ANTHROPIC).complete(ask())
