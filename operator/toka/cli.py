@@ -3,6 +3,8 @@
     toka crds            write crds/*.yaml from the API models (--check: fail when stale)
     toka dev up|down     the development cluster, with the CRDs installed
     toka dev binaries    find or build the control plane (cached outside the clone)
+    toka operator        the operator: sessions and agents into pods
+    toka kernel|tools|agent   the three containers of an agent pod
     toka node-agent      the dev node agent alone (against any kubeconfig; dev only)
 
 Each subcommand imports its own modules, so `toka tools` in a sidecar does
@@ -73,9 +75,40 @@ def _cmd_node_agent(args: argparse.Namespace) -> int:
     return nodeagent.main(Path(args.root), args.kubeconfig)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from toka.devcluster.devctl import default_state_dir
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from toka.controller.main import run
 
+    run(
+        namespaces=args.namespace,
+        liveness=None if args.no_liveness else args.liveness,
+        image=args.image,
+        verbose=args.verbose,
+    )
+    return 0
+
+
+def _default_state_dir() -> str:
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "toka", "dev")
+
+
+def _cmd_kernel(args: argparse.Namespace) -> int:
+    from toka.kernel.main import main as kernel_main
+
+    return kernel_main()
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from toka.agent.executor import main as agent_main
+
+    return agent_main()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toka", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -87,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the local development cluster")
     dev.add_argument(
         "--state-dir",
-        default=str(default_state_dir()),
+        default=_default_state_dir(),
         help="where the cluster keeps its data (default: %(default)s)",
     )
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
@@ -106,6 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-node-agent", action="store_true", help="no pods will run")
     dev.set_defaults(handler=_cmd_dev)
 
+    op = sub.add_parser("operator", help="run the operator (Kopf, one replica, standalone)")
+    op.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    op.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="liveness probe endpoint (default: %(default)s)",
+    )
+    op.add_argument("--no-liveness", action="store_true", help="serve no liveness endpoint")
+    op.add_argument("--image", default=None, help="Toka image for agent pods")
+    op.add_argument("--verbose", "-v", action="store_true")
+    op.set_defaults(handler=_cmd_operator)
+
+    kernel = sub.add_parser("kernel", help="the kernel sidecar (in an agent pod)")
+    kernel.set_defaults(handler=_cmd_kernel)
+    agent = sub.add_parser("agent", help="the agent runtime (in an agent pod)")
+    agent.set_defaults(handler=_cmd_agent)
+    tools = sub.add_parser("tools", help="the tools sidecar (in an agent pod); --probe checks it")
+    tools.add_argument("--probe", action="store_true")
+
     node = sub.add_parser("node-agent", help="run the dev node agent (dev and tests only)")
     node.add_argument("--root", required=True, help="directory for pod volumes and logs")
     node.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
@@ -114,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tools"]:
+        # The tools sidecar and its startup probe import only the standard library.
+        from toka.tools.server import main as tools_main
+
+        return tools_main(argv[1:])
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     return handler(args)

@@ -480,8 +480,15 @@ class Usage(KubeModel):
     output_tokens: int = Field(default=0, ge=0, description="Output (completion) tokens used.")
 
     @property
-    def total_tokens(self) -> int:
+    def total(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            requests=self.requests + other.requests,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
 
 
 class AgentCounts(KubeModel):
@@ -590,10 +597,11 @@ class AgentSpec(AgentTemplate):
     pod_template: PodTemplate | None = Field(
         default=None, description="Pod settings (from the session)."
     )
-    start_after_task: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = Field(
-        default=None,
-        description="Resume point set by the operator: tasks up to and including this one "
-        "already succeeded in an earlier pod.",
+    suspend: bool = Field(
+        default=False,
+        description="Delete the running pod and start none; on resume a new pod continues "
+        "after the last completed task. Set by the session (suspend, FailFast, deadline) or "
+        "by a user on a standalone Agent.",
     )
 
 
@@ -607,6 +615,10 @@ class TaskStatus(KubeModel):
     finished_at: Timestamp | None = Field(default=None, description="End of the last attempt.")
     summary: Summary | None = Field(default=None, description="Result summary (at most 1 KiB).")
     error: ShortText | None = Field(default=None, description="Why the task failed.")
+    description: ShortText | None = Field(
+        default=None,
+        description="For a follow-up the agent scheduled itself (not in spec.tasks): what to do.",
+    )
 
 
 class Observation(KubeModel):
@@ -675,7 +687,10 @@ class AgentLimits(KubeModel):
         default=None, ge=0, description="This agent's current share of the session's rate."
     )
     max_tokens: int | None = Field(
-        default=None, ge=0, description="Tokens this agent may still use (its budget share)."
+        default=None,
+        ge=0,
+        description="Total tokens this agent may use: its usage so far plus its share of what "
+        "the session has left. The kernel stops LLM calls at this number.",
     )
 
 

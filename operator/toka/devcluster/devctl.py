@@ -30,8 +30,9 @@ STATE_FILE = "state.json"
 
 
 def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "toka" / "dev"
+    from toka.cli import _default_state_dir
+
+    return Path(_default_state_dir())
 
 
 def _state(state_dir: Path) -> dict[str, object] | None:

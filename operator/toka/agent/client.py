@@ -1,0 +1,70 @@
+"""The agent's only link: HTTP to its kernel on TOKA_KERNEL_ADDR. No key, no token."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+JSON = dict[str, Any]
+
+
+class KernelError(Exception):
+    def __init__(self, status: int, body: JSON):
+        super().__init__(f"kernel answered {status}: {body.get('message') or body.get('error')}")
+        self.status = status
+        self.body = body
+
+    @property
+    def reason(self) -> str:
+        return str(self.body.get("error", ""))
+
+
+class KernelClient:
+    def __init__(self, addr: str, timeout: float = 660):
+        self.http = httpx.AsyncClient(
+            base_url=f"http://{addr}", timeout=httpx.Timeout(timeout, connect=5)
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                if (await self.http.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if loop.time() > deadline:
+                raise TimeoutError("the kernel is not ready")
+            await asyncio.sleep(0.2)
+
+    async def _call(self, method: str, path: str, body: JSON | None = None) -> JSON:
+        resp = await self.http.request(method, path, json=body)
+        try:
+            data: JSON = resp.json()
+        except ValueError:
+            data = {"error": "unreadable", "message": resp.text[:300]}
+        if resp.status_code >= 400:
+            raise KernelError(resp.status_code, data)
+        return data
+
+    async def describe(self) -> JSON:
+        return await self._call("GET", "/v1/agent")
+
+    async def send(self, type_: str, **fields: Any) -> JSON:
+        return await self._call("POST", "/v1/messages", {"type": type_, **fields})
+
+    async def tool(self, name: str, args: JSON) -> tuple[int, JSON]:
+        resp = await self.http.post(f"/v1/tools/{name}", json=args)
+        try:
+            return resp.status_code, resp.json()
+        except ValueError:
+            return resp.status_code, {"error": "unreadable", "message": resp.text[:300]}
+
+    async def complete(self, body: JSON) -> JSON:
+        return await self._call("POST", "/v1/llm/complete", body)

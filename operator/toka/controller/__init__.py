@@ -1,0 +1,1 @@
+"""The operator: Kopf handlers (thin) → reconcile/ (pure) → builders/ (pure manifests) → I/O."""

@@ -1,0 +1,1 @@
+"""Pure manifest builders: given typed models, the exact objects the operator creates."""

@@ -1,0 +1,37 @@
+"""Names and labels of everything the operator creates."""
+
+from __future__ import annotations
+
+import hashlib
+
+from toka.api.base import MAX_NAME
+
+GROUP = "toka.dev"
+LABEL_AGENT = "toka.dev/agent"
+LABEL_SESSION = "toka.dev/session"
+LABEL_WORKSTREAM = "toka.dev/workstream"
+LABEL_ATTEMPT = "toka.dev/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "toka"
+
+
+def agent_object_name(session: str, agent: str) -> str:
+    """`<session>-<agent>`, shortened with a hash when over 63 characters (stays unique)."""
+    name = f"{session}-{agent}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def pod_name(agent: str, attempt: int) -> str:
+    return f"{agent}-{attempt}"
+
+
+def attempt_of(pod: str, agent: str) -> int | None:
+    """The attempt number of a pod named by `pod_name`, or None."""
+    prefix = f"{agent}-"
+    if not pod.startswith(prefix):
+        return None
+    tail = pod[len(prefix) :]
+    return int(tail) if tail.isdigit() else None

@@ -1,0 +1,354 @@
+"""The agent pod of DESIGN §4, and the Role that lets its kernel write only its own status.
+
+Three containers, and what each may hold:
+
+| container | token | provider key | workspace | Unix socket |
+|---|---|---|---|---|
+| `kernel` (native sidecar, first) | yes (projected, expiring) | yes | no | yes |
+| `tools` (native sidecar, second) | no | no | yes | yes |
+| `agent` (main) | no | no | no | no |
+
+`automountServiceAccountToken: false`; every container non-root with a
+read-only root, no capabilities, no privilege escalation, seccomp
+RuntimeDefault; `tools` runs as another UID than `kernel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from toka.api.models import Agent, Provider
+from toka.controller.builders.meta import owner_reference
+from toka.controller.builders.names import (
+    LABEL_AGENT,
+    LABEL_ATTEMPT,
+    LABEL_MANAGED_BY,
+    LABEL_SESSION,
+    LABEL_WORKSTREAM,
+    MANAGED_BY,
+    pod_name,
+)
+
+JSON = dict[str, Any]
+
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+KEY_DIR = "/etc/toka/llm"
+REPLAY_DIR = "/etc/toka/replay"
+SEED_DIR = "/etc/toka/seed"
+SOCKET_DIR = "/run/toka"
+WORKSPACE = "/workspace"
+KERNEL_UID, TOOLS_UID, AGENT_UID = 10001, 10002, 10003
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """Operator-wide settings of the pods it builds."""
+
+    image: str = "ghcr.io/toka-dev/toka:0.1.0"
+    kernel_port: int = 8181
+    metrics_port: int = 9090
+    token_seconds: int = 3600
+    workspace_size: str = "1Gi"
+    heartbeat_seconds: int = 10
+
+
+def _security(uid: int) -> JSON:
+    return {
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _field(name: str, path: str) -> JSON:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
+    agent = Agent.model_validate(agent_body)
+    meta = agent_body["metadata"]
+    name = meta["name"]
+    spec = agent.spec
+    llm = spec.llm
+    addr = f"127.0.0.1:{config.kernel_port}"
+    common_env = [
+        {"name": "TOKA_KERNEL_ADDR", "value": addr},
+        {"name": "TOKA_AGENT_NAME", "value": name},
+        _field("TOKA_NAMESPACE", "metadata.namespace"),
+        _field("TOKA_POD_NAME", "metadata.name"),
+        {"name": "TOKA_ATTEMPT", "value": str(attempt)},
+    ]
+    socket = f"{SOCKET_DIR}/tools.sock"
+    volumes: list[JSON] = [
+        {
+            "name": "kube-api-access",
+            "projected": {
+                "defaultMode": 0o440,
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "path": "token",
+                            "expirationSeconds": config.token_seconds,
+                        }
+                    },
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"},
+                                }
+                            ]
+                        }
+                    },
+                ],
+            },
+        },
+        {"name": "kernel-tools", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": "kernel-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "tools-tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": "agent-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    kernel_env = [
+        *common_env,
+        {"name": "TOKA_TOOLS_SOCKET", "value": socket},
+        # Metrics on the pod IP (Prometheus scrapes it); the API stays on loopback.
+        _field("TOKA_POD_IP", "status.podIP"),
+        {"name": "TOKA_METRICS_ADDR", "value": f"$(TOKA_POD_IP):{config.metrics_port}"},
+        {"name": "TOKA_HEARTBEAT_SECONDS", "value": str(config.heartbeat_seconds)},
+    ]
+    kernel_mounts: list[JSON] = [
+        {"name": "kube-api-access", "mountPath": TOKEN_DIR, "readOnly": True},
+        {"name": "kernel-tools", "mountPath": SOCKET_DIR},
+        {"name": "kernel-tmp", "mountPath": "/tmp"},
+    ]
+    if llm is not None and llm.api_key_secret_ref is not None:
+        volumes.append(
+            {
+                "name": "llm-key",
+                "secret": {
+                    "secretName": llm.api_key_secret_ref.name,
+                    "defaultMode": 0o440,
+                    "items": [{"key": llm.api_key_secret_ref.key, "path": "api-key"}],
+                },
+            }
+        )
+        kernel_mounts.append({"name": "llm-key", "mountPath": KEY_DIR, "readOnly": True})
+        kernel_env.append({"name": "TOKA_LLM_KEY_FILE", "value": f"{KEY_DIR}/api-key"})
+    if llm is not None and llm.provider == Provider.REPLAY and llm.replay is not None:
+        ref = llm.replay.config_map_ref
+        volumes.append(
+            {
+                "name": "replay",
+                "configMap": {
+                    "name": ref.name,
+                    "items": [
+                        {"key": ref.key or f"{spec.name or name}.json", "path": "recording.json"}
+                    ],
+                },
+            }
+        )
+        kernel_mounts.append({"name": "replay", "mountPath": REPLAY_DIR, "readOnly": True})
+        kernel_env.append({"name": "TOKA_REPLAY_FILE", "value": f"{REPLAY_DIR}/recording.json"})
+
+    workspace = spec.workspace
+    size = workspace.size_limit if workspace and workspace.size_limit else config.workspace_size
+    if workspace is not None and workspace.persistent_volume_claim is not None:
+        volumes.append(
+            {
+                "name": "workspace",
+                "persistentVolumeClaim": {
+                    "claimName": workspace.persistent_volume_claim.claim_name
+                },
+            }
+        )
+    else:
+        volumes.append({"name": "workspace", "emptyDir": {"sizeLimit": size}})
+    tools_env = [
+        *common_env,
+        {"name": "TOKA_TOOLS_SOCKET", "value": socket},
+        {"name": "TOKA_WORKSPACE", "value": WORKSPACE},
+    ]
+    tools_mounts: list[JSON] = [
+        {"name": "workspace", "mountPath": WORKSPACE},
+        {"name": "kernel-tools", "mountPath": SOCKET_DIR},
+        {"name": "tools-tmp", "mountPath": "/tmp"},
+    ]
+    if workspace is not None and workspace.config_map:
+        volumes.append({"name": "workspace-seed", "configMap": {"name": workspace.config_map}})
+        tools_mounts.append({"name": "workspace-seed", "mountPath": SEED_DIR, "readOnly": True})
+        tools_env.append({"name": "TOKA_WORKSPACE_SEED_DIR", "value": SEED_DIR})
+    if workspace is not None and workspace.git is not None:
+        tools_env.append({"name": "TOKA_WORKSPACE_GIT_URL", "value": workspace.git.url})
+        if workspace.git.ref:
+            tools_env.append({"name": "TOKA_WORKSPACE_GIT_REF", "value": workspace.git.ref})
+
+    labels = {
+        LABEL_AGENT: name,
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+    for key in (LABEL_SESSION, LABEL_WORKSTREAM):
+        if key in (meta.get("labels") or {}):
+            labels[key] = meta["labels"][key]
+    template = spec.pod_template
+    pod_spec: JSON = {
+        "serviceAccountName": name,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": KERNEL_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": [
+            {
+                "name": "kernel",
+                "image": config.image,
+                "args": ["kernel"],
+                "restartPolicy": "Always",
+                "env": kernel_env,
+                "ports": [{"name": "metrics", "containerPort": config.metrics_port}],
+                "startupProbe": {
+                    "httpGet": {"path": "/readyz", "port": config.kernel_port},
+                    "periodSeconds": 1,
+                    "failureThreshold": 120,
+                },
+                "volumeMounts": kernel_mounts,
+                "securityContext": _security(KERNEL_UID),
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                    "limits": {"memory": "256Mi"},
+                },
+            },
+            {
+                "name": "tools",
+                "image": spec.tools_image or config.image,
+                "args": ["tools"],
+                "restartPolicy": "Always",
+                "env": tools_env,
+                "startupProbe": {
+                    "exec": {"command": ["toka", "tools", "--probe"]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 300,
+                },
+                "volumeMounts": tools_mounts,
+                "securityContext": _security(TOOLS_UID),
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "32Mi"},
+                    "limits": {"memory": "512Mi"},
+                },
+            },
+        ],
+        "containers": [
+            {
+                "name": "agent",
+                "image": spec.image or config.image,
+                "args": ["agent"],
+                "env": common_env,
+                "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
+                "securityContext": _security(AGENT_UID),
+                "resources": spec.resources.wire()
+                if spec.resources
+                else {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            }
+        ],
+        "volumes": volumes,
+    }
+    if spec.timeout_seconds:
+        pod_spec["activeDeadlineSeconds"] = spec.timeout_seconds
+    if template is not None:
+        if template.node_selector:
+            pod_spec["nodeSelector"] = template.node_selector
+        if template.tolerations:
+            pod_spec["tolerations"] = [t.wire() for t in template.tolerations]
+        if template.image_pull_secrets:
+            pod_spec["imagePullSecrets"] = [r.wire() for r in template.image_pull_secrets]
+        if template.runtime_class_name:
+            pod_spec["runtimeClassName"] = template.runtime_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, attempt),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(agent_body)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_service_account(agent_body: JSON) -> JSON:
+    agent = Agent.model_validate(agent_body)
+    annotations = {}
+    template = agent.spec.pod_template
+    if template and template.service_account and template.service_account.annotations:
+        annotations = dict(template.service_account.annotations)
+    meta = agent_body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {LABEL_AGENT: meta["name"], LABEL_MANAGED_BY: MANAGED_BY},
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(agent_body)],
+        },
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_role(agent_body: JSON) -> JSON:
+    """`get` and `patch` on this one Agent's status, nothing else."""
+    meta = agent_body["metadata"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {LABEL_AGENT: meta["name"], LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [owner_reference(agent_body)],
+        },
+        "rules": [
+            {
+                "apiGroups": ["toka.dev"],
+                "resources": ["agents/status"],
+                "resourceNames": [meta["name"]],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def build_role_binding(agent_body: JSON) -> JSON:
+    meta = agent_body["metadata"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {LABEL_AGENT: meta["name"], LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [owner_reference(agent_body)],
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": meta["name"]},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": meta["name"], "namespace": meta["namespace"]}
+        ],
+    }

@@ -1,0 +1,293 @@
+"""The agent plan: from the Agent and its observed pods, the next pod and the operator's status.
+
+Attempts are pods named `<agent>-<n>`; the number of failed attempts is
+counted from the pods observed, so a restarted operator counts the same.
+The operator writes only its own status fields, never `status.run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from toka.api.conditions import Condition, make_condition, merge_conditions, truncate
+from toka.api.models import Agent, AgentLimits, AgentPhase, AgentStatus, TaskState
+from toka.controller.builders.names import attempt_of
+
+JSON = dict[str, Any]
+PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+WARN_REASONS = (
+    "ImagePullBackOff",
+    "SecretNotFound",
+    "SecretKeyNotFound",
+    "ConfigMapNotFound",
+    "ConfigMapKeyNotFound",
+    *CONFIG_ERRORS,
+)
+
+
+@dataclass
+class AgentPlan:
+    create_attempt: int | None = None
+    delete_pods: list[str] = field(default_factory=list)
+    status: AgentStatus = field(default_factory=AgentStatus)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _statuses(pod: JSON) -> list[JSON]:
+    st = pod.get("status") or {}
+    return list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
+
+
+def _container(pod: JSON, name: str) -> JSON:
+    return next((c for c in _statuses(pod) if c.get("name") == name), {})
+
+
+def _waiting_problem(pod: JSON) -> tuple[str, str] | None:
+    """(reason, message) for a container that cannot start, named for a person to act on."""
+    images = {
+        c["name"]: c.get("image", "")
+        for c in (pod["spec"].get("initContainers") or []) + pod["spec"].get("containers", [])
+    }
+    for c in _statuses(pod):
+        waiting = (c.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        if reason in PULL_ERRORS:
+            return (
+                "ImagePullBackOff",
+                f"container {c['name']}: image {images.get(c['name'], '?')!r} cannot be pulled "
+                f"({reason}): {waiting.get('message', '')}. Fix the image (spec.image or "
+                "spec.toolsImage) or the registry credentials (podTemplate.imagePullSecrets).",
+            )
+        if reason in CONFIG_ERRORS:
+            return (reason, f"container {c['name']}: {waiting.get('message', reason)}")
+    return None
+
+
+def _failure(pod: JSON) -> tuple[str, str]:
+    """Why an attempt's pod failed: the reason a person can act on, and the details."""
+    st = pod.get("status") or {}
+    if st.get("reason") == "DeadlineExceeded":
+        return "DeadlineExceeded", (
+            f"pod {pod['metadata']['name']} ran longer than timeoutSeconds "
+            f"({pod['spec'].get('activeDeadlineSeconds')}s)"
+        )
+    for c in _statuses(pod):
+        term = (c.get("state") or {}).get("terminated") or {}
+        if term.get("reason") == "OOMKilled":
+            return "OOMKilled", (
+                f"container {c['name']} ran out of memory: raise spec.resources.limits.memory"
+            )
+    agent = (_container(pod, "agent").get("state") or {}).get("terminated") or {}
+    if agent:
+        return "AgentFailed", f"the agent exited with code {agent.get('exitCode')}"
+    return st.get("reason") or "PodFailed", st.get(
+        "message"
+    ) or f"pod {pod['metadata']['name']} failed"
+
+
+def compute_agent_plan(
+    body: JSON,
+    pods: list[JSON],
+    now: datetime,
+    *,
+    share: AgentLimits | None = None,
+    missing: tuple[str, str] | None = None,
+    stall_after: timedelta = timedelta(seconds=60),
+) -> AgentPlan:
+    agent = Agent.model_validate(body)
+    meta = body["metadata"]
+    name = meta["name"]
+    generation = meta.get("generation")
+    prev = agent.status or AgentStatus()
+    spec = agent.spec
+    plan = AgentPlan()
+
+    def cond(type_: str, ok: bool, reason: str, message: str = "") -> Condition:
+        return make_condition(type_, ok, reason, message, now=now, generation=generation)
+
+    by_attempt = {a: p for p in pods if (a := attempt_of(p["metadata"]["name"], name)) is not None}
+    current_attempt = max(by_attempt, default=0)
+    current = by_attempt.get(current_attempt)
+    pod_phase = ((current or {}).get("status") or {}).get("phase", "Pending")
+    failed_attempts = sum(
+        1 for p in by_attempt.values() if (p.get("status") or {}).get("phase") == "Failed"
+    )
+    attempts = max(current_attempt, prev.attempts or 0)
+    run = prev.run
+    conditions: list[Condition] = []
+    phase = prev.phase or AgentPhase.PENDING
+    message = prev.message or ""
+    start_time, completion = prev.start_time, prev.completion_time
+
+    if phase in (AgentPhase.SUCCEEDED, AgentPhase.FAILED):
+        pass  # terminal: nothing more to run
+    elif spec.suspend:
+        plan.delete_pods = [
+            p["metadata"]["name"]
+            for p in by_attempt.values()
+            if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        phase, message = AgentPhase.SUSPENDED, "suspended: no pod runs"
+        conditions += [cond("Progressing", False, "Suspended", message)]
+    elif current is not None and current["metadata"].get("deletionTimestamp"):
+        message = f"waiting for pod {current['metadata']['name']} to terminate"
+        plan.requeue_after = 1
+    elif current is not None and pod_phase == "Succeeded":
+        phase, message = AgentPhase.SUCCEEDED, f"all tasks done in attempt {current_attempt}"
+        conditions += [
+            cond("Succeeded", True, "AllTasksSucceeded", message),
+            cond("Failed", False, "Succeeded"),
+            cond("Progressing", False, "Succeeded"),
+        ]
+    elif current is not None and pod_phase == "Failed" and failed_attempts > spec.backoff_limit:
+        reason, detail = _failure(current)
+        last_error = (
+            next(
+                (
+                    t.error
+                    for t in reversed(run.tasks or [])
+                    if t.state == TaskState.FAILED and t.error
+                ),
+                None,
+            )
+            if run
+            else None
+        )
+        message = (
+            f"{failed_attempts} attempts failed (backoffLimit {spec.backoff_limit}); last: {detail}"
+            + (f"; task error: {last_error}" if last_error else "")
+        )
+        phase = AgentPhase.FAILED
+        conditions += [
+            cond(
+                "Failed", True, "BackoffLimitExceeded" if failed_attempts > 1 else reason, message
+            ),
+            cond("Succeeded", False, reason),
+            cond("Progressing", False, "Failed"),
+        ]
+    elif missing is not None and (current is None or pod_phase == "Failed"):
+        reason, message = missing
+        phase = AgentPhase.PENDING
+        conditions += [
+            cond("PodScheduled", False, reason, message),
+            cond("Progressing", False, reason, message),
+        ]
+        plan.requeue_after = 5
+    elif current is None or pod_phase == "Failed":
+        plan.create_attempt = current_attempt + 1
+        attempts = plan.create_attempt
+        if current is not None:
+            reason, detail = _failure(current)
+            plan.events.append(
+                (
+                    "Warning",
+                    reason,
+                    f"attempt {current_attempt} failed: {detail}; "
+                    f"starting attempt {plan.create_attempt}",
+                )
+            )
+        plan.events.append(("Normal", "PodCreated", f"starting attempt {plan.create_attempt}"))
+        phase, message = AgentPhase.PENDING, f"starting attempt {plan.create_attempt}"
+        conditions += [cond("PodScheduled", False, "PodCreated", message)]
+        start_time = start_time or now
+    else:
+        pod_status = current.get("status") or {}
+        scheduled = any(
+            c.get("type") == "PodScheduled" and c.get("status") == "True"
+            for c in pod_status.get("conditions") or []
+        )
+        conditions.append(
+            cond(
+                "PodScheduled",
+                scheduled,
+                "Scheduled" if scheduled else "Unschedulable",
+                f"pod {current['metadata']['name']}"
+                + (f" on node {current['spec'].get('nodeName')}" if scheduled else ""),
+            )
+        )
+        problem = _waiting_problem(current)
+        kernel = _container(current, "kernel")
+        kernel_ready = bool(kernel.get("started")) and "running" in (kernel.get("state") or {})
+        if problem:
+            conditions.append(cond("KernelReady", False, problem[0], problem[1]))
+            phase, message = AgentPhase.PENDING, problem[1]
+        else:
+            conditions.append(
+                cond(
+                    "KernelReady",
+                    kernel_ready,
+                    "KernelStarted" if kernel_ready else "KernelStarting",
+                )
+            )
+            phase = AgentPhase.RUNNING if pod_phase == "Running" else AgentPhase.PENDING
+            message = f"attempt {current_attempt}: " + (
+                f"working on {run.current_task} ({run.progress})"
+                if run and run.current_task
+                else pod_phase.lower()
+            )
+        heartbeat = run.last_heartbeat_time if run else None
+        if phase == AgentPhase.RUNNING and kernel_ready:
+            since = heartbeat or _started_at(kernel) or now
+            stalled = now - since > stall_after
+            conditions.append(
+                cond(
+                    "Stalled",
+                    stalled,
+                    "NoHeartbeat" if stalled else "Heartbeat",
+                    f"no report from the kernel for {int((now - since).total_seconds())}s"
+                    if stalled
+                    else "",
+                )
+            )
+            plan.requeue_after = stall_after.total_seconds()
+        conditions.append(
+            cond(
+                "Progressing",
+                phase == AgentPhase.RUNNING,
+                "Running" if phase == AgentPhase.RUNNING else "Starting",
+                message,
+            )
+        )
+
+    terminal = phase in (AgentPhase.SUCCEEDED, AgentPhase.FAILED)
+    if terminal and completion is None:
+        completion = now
+    plan.status = AgentStatus(
+        observed_generation=generation,
+        phase=phase,
+        conditions=merge_conditions(prev.conditions, conditions),
+        limits=share or prev.limits,
+        pod_name=(
+            f"{name}-{plan.create_attempt}"
+            if plan.create_attempt
+            else (current["metadata"]["name"] if current else prev.pod_name)
+        ),
+        attempts=attempts or None,
+        spawn_results=prev.spawn_results,
+        start_time=start_time,
+        completion_time=completion,
+        message=truncate(message),
+    )
+    if prev.phase != phase:
+        kind = "Warning" if phase == AgentPhase.FAILED else "Normal"
+        plan.events.append((kind, f"Agent{phase.value}", message))
+    before = {c.type: (c.status, c.reason) for c in prev.conditions or []}
+    for c in conditions:
+        bad = (
+            c.type in ("KernelReady", "PodScheduled")
+            and c.status == "False"
+            and c.reason in (*WARN_REASONS,)
+        ) or (c.type == "Stalled" and c.status == "True")
+        if bad and before.get(c.type) != (c.status, c.reason):
+            plan.events.append(("Warning", c.reason, c.message))
+    return plan
+
+
+def _started_at(container: JSON) -> datetime | None:
+    raw = ((container.get("state") or {}).get("running") or {}).get("startedAt")
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")) if raw else None

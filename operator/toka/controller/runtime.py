@@ -1,0 +1,212 @@
+"""What one reconcile of a session or an agent does: read, plan (pure), act (idempotent).
+
+Each session and each Agent has a daemon that waits for a wake-up (an
+event on it, its agents or its pods; a share changed; a deadline) and then
+reconciles once; bursts of wake-ups coalesce into one reconcile. Nothing
+here chains on status edges: every reconcile recomputes from spec and the
+observed objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from toka.api.models import Agent, AgentLimits
+from toka.controller.builders.meta import owned_by
+from toka.controller.builders.names import LABEL_SESSION
+from toka.controller.builders.pod import (
+    PodConfig,
+    build_agent_pod,
+    build_role,
+    build_role_binding,
+    build_service_account,
+)
+from toka.controller.io import (
+    OwnershipConflict,
+    delete_pod,
+    ensure_created,
+    list_owned,
+    missing_reference,
+    patch_status,
+    post_event,
+)
+from toka.controller.reconcile.agent import compute_agent_plan
+from toka.controller.reconcile.session import compute_session_plan
+from toka.kube.client import (
+    AGENTS,
+    PODS,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
+    SESSIONS,
+    ApiError,
+    AsyncKube,
+)
+
+JSON = dict[str, Any]
+Key = tuple[str, str]
+log = logging.getLogger("toka.operator")
+
+
+@dataclass
+class OperatorConfig:
+    pod: PodConfig = field(default_factory=PodConfig)
+    debounce_seconds: float = 0.05
+    resync_seconds: float = 30.0
+    stall_after_seconds: float = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class Runtime:
+    def __init__(self, kube: AsyncKube, config: OperatorConfig):
+        self.kube = kube
+        self.config = config
+        self._wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
+        self.shares: dict[Key, AgentLimits] = {}
+        self._rbac_done: set[str] = set()
+        self._denials_seen: dict[str, int] = {}
+
+    # --- wake-ups -----------------------------------------------------------
+
+    def _event(self, kind: str, ns: str, name: str) -> asyncio.Event:
+        return self._wakeups.setdefault((kind, ns, name), asyncio.Event())
+
+    def wake(self, kind: str, ns: str, name: str) -> None:
+        self._event(kind, ns, name).set()
+
+    def forget(self, kind: str, ns: str, name: str) -> None:
+        self._wakeups.pop((kind, ns, name), None)
+
+    async def loop(
+        self,
+        kind: str,
+        ns: str,
+        name: str,
+        stopped: Any,
+        once: Callable[[], Awaitable[float | None]],
+    ) -> None:
+        """Reconcile, then sleep until woken (or the requeue time); until stopped."""
+        event = self._event(kind, ns, name)
+        try:
+            while not stopped:
+                event.clear()
+                try:
+                    requeue = await once()
+                except OwnershipConflict as err:
+                    log.warning("%s %s/%s: %s", kind, ns, name, err)
+                    requeue = self.config.resync_seconds
+                except (ApiError, OSError) as err:
+                    log.warning("%s %s/%s reconcile failed, retrying: %s", kind, ns, name, err)
+                    requeue = 1.0
+                timeout = min(requeue or self.config.resync_seconds, self.config.resync_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+                await asyncio.sleep(self.config.debounce_seconds)
+        finally:
+            self.forget(kind, ns, name)
+
+    # --- sessions -------------------------------------------------------------
+
+    async def reconcile_session(self, body: JSON) -> float | None:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        agents = await list_owned(self.kube, AGENTS, ns, f"{LABEL_SESSION}={name}", uid)
+        observed = {a["spec"]["name"]: Agent.model_validate(a) for a in agents}
+        plan = compute_session_plan(body, observed, utcnow())
+        for manifest in plan.create:
+            try:
+                await ensure_created(self.kube, AGENTS, manifest)
+            except OwnershipConflict as err:
+                await post_event(self.kube, body, "Warning", "NameConflict", str(err))
+        for agent_name, suspend in plan.set_suspend.items():
+            await self.kube.patch(AGENTS, agent_name, {"spec": {"suspend": suspend}}, ns)
+        for agent_name, share in plan.shares.items():
+            if self.shares.get((ns, agent_name)) != share:
+                self.shares[(ns, agent_name)] = share
+                self.wake("agent", ns, agent_name)
+        if plan.delete_pods:
+            for pod in (await self.kube.list(PODS, ns, label_selector=f"{LABEL_SESSION}={name}"))[
+                "items"
+            ]:
+                await delete_pod(self.kube, pod["metadata"]["name"], ns)
+        status = plan.status.wire()
+        if status != _comparable(body.get("status")):
+            await patch_status(self.kube, SESSIONS, name, ns, status)
+        for kind, reason, message in plan.events:
+            await post_event(self.kube, body, kind, reason, message)
+        return plan.requeue_after
+
+    # --- agents ---------------------------------------------------------------
+
+    async def reconcile_agent(
+        self, body: JSON, pods_of: Callable[[Key], list[JSON]]
+    ) -> float | None:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        status = body.get("status") or {}
+        terminal = status.get("phase") in ("Succeeded", "Failed")
+        if not terminal and uid not in self._rbac_done:
+            for res, build in (
+                (SERVICEACCOUNTS, build_service_account),
+                (ROLES, build_role),
+                (ROLEBINDINGS, build_role_binding),
+            ):
+                await ensure_created(self.kube, res, build(body))
+            self._rbac_done.add(uid)
+        pods = [p for p in pods_of((ns, name)) if owned_by(p, uid)]
+        missing = (
+            None if terminal else await missing_reference(self.kube, ns, body.get("spec") or {})
+        )
+        plan = compute_agent_plan(
+            body,
+            pods,
+            utcnow(),
+            share=self.shares.get((ns, name)),
+            missing=missing,
+            stall_after=timedelta(seconds=self.config.stall_after_seconds),
+        )
+        for pod in plan.delete_pods:
+            await delete_pod(self.kube, pod, ns)
+        if plan.create_attempt is not None:
+            await ensure_created(
+                self.kube, PODS, build_agent_pod(body, plan.create_attempt, self.config.pod)
+            )
+        new_status = plan.status.wire()
+        if new_status != _comparable(status):
+            await patch_status(self.kube, AGENTS, name, ns, new_status)
+        for kind, reason, message in plan.events:
+            await post_event(self.kube, body, kind, reason, message)
+        await self._report_denials(body)
+        if terminal:
+            self._rbac_done.discard(uid)
+        return plan.requeue_after
+
+    async def _report_denials(self, body: JSON) -> None:
+        """Kernels cannot write Events; the operator turns new denials into Warnings."""
+        uid = body["metadata"]["uid"]
+        denials = ((body.get("status") or {}).get("run") or {}).get("denials") or {}
+        count = int(denials.get("count", 0))
+        seen = self._denials_seen.get(uid, 0)
+        if count > seen:
+            self._denials_seen[uid] = count
+            await post_event(
+                self.kube,
+                body,
+                "Warning",
+                "CapabilityDenied",
+                f"{count - seen} new denial(s), {count} in all; last: {denials.get('last', '')}",
+            )
+
+
+def _comparable(status: JSON | None) -> JSON:
+    """The operator's part of a status as written (everything but the kernel's `run`)."""
+    return {k: v for k, v in (status or {}).items() if k != "run" and v is not None}

@@ -1,0 +1,192 @@
+"""`toka kernel`: read our own Agent, then serve the agent, report, and enforce.
+
+Identity: the projected ServiceAccount token, re-read from its file on every
+request; the Role allows `get` and `patch` on this Agent's status only. A
+GET of `agents/<name>/status` returns the whole Agent, so the spec
+(capabilities, llm, handoff) and the operator's `status.limits` come from
+there, polled for changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from toka.api.capabilities import Grant
+from toka.api.models import Agent
+from toka.kernel.policy import Policy
+from toka.kernel.reporter import Reporter
+from toka.kernel.server import Kernel
+from toka.kube.client import AGENTS, ApiError, AsyncKube
+from toka.kube.config import KubeConfig, in_cluster
+from toka.llm import LLMConfig, LLMGateway
+from toka.llm.errors import LLMError
+from toka.llm.metrics import GatewayMetrics
+from toka.llm.ratelimit import TokenBucket, TokenBudget
+from toka.llm.sanitize import Redactor
+
+log = logging.getLogger("toka.kernel")
+POLL_SECONDS = 5.0
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def read_agent(kube: AsyncKube, ns: str, name: str, timeout: float = 120) -> Agent:
+    """Our Agent; a 403 right after the pod starts means the RoleBinding is still propagating."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return Agent.model_validate(await kube.get(AGENTS, name, ns, sub="status"))
+        except (ApiError, OSError) as err:
+            if loop.time() > deadline:
+                raise
+            log.info("reading Agent %s/%s: %s; retrying", ns, name, err)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 3)
+
+
+def build_gateway(
+    agent: Agent, registry: object, redactor: Redactor, reporter: Reporter
+) -> tuple[LLMGateway | None, str | None]:
+    key_file = os.environ.get("TOKA_LLM_KEY_FILE")
+    key = Path(key_file).read_text().strip() if key_file and Path(key_file).exists() else None
+    replay = os.environ.get("TOKA_REPLAY_FILE")
+    try:
+        config = LLMConfig.resolve(
+            agent.spec.llm,
+            dict(os.environ),
+            api_key=key,
+            replay_path=Path(replay) if replay else None,
+        )
+    except LLMError as err:
+        return None, str(err)
+    limits = agent.status.limits if agent.status else None
+    rpm = (
+        limits.requests_per_minute
+        if limits and limits.requests_per_minute
+        else config.rate_limit_per_minute
+    )
+    used = reporter.run.usage.total if reporter.run.usage else 0
+    budget = TokenBudget(limits.max_tokens if limits else None, used=used)
+    try:
+        gateway = LLMGateway(
+            config,
+            redactor=redactor,
+            limiter=TokenBucket(rpm),
+            budget=budget,
+            metrics=GatewayMetrics(registry),  # type: ignore[arg-type]
+            audit=lambda rec: print(__import__("json").dumps(rec), flush=True),
+        )
+    except LLMError as err:
+        return None, str(err)
+    return gateway, None
+
+
+async def serve(config: KubeConfig | None = None) -> None:
+    ns = os.environ.get("TOKA_NAMESPACE") or "default"
+    name = os.environ["TOKA_AGENT_NAME"]
+    kube = AsyncKube(config or in_cluster())
+    redactor = Redactor()
+    if kube.config.token_file:
+        # The token is a secret too: never in a log line or an audit record.
+        redactor.add(kube.config.bearer() or "")
+    agent = await read_agent(kube, ns, name)
+    heartbeat = float(os.environ.get("TOKA_HEARTBEAT_SECONDS", "10"))
+    reporter = Reporter(kube, ns, name, heartbeat_seconds=heartbeat)
+    extra = [
+        t.name
+        for t in (
+            agent.status.run.tasks
+            if agent.status and agent.status.run and agent.status.run.tasks
+            else []
+        )
+    ]
+    reporter.adopt(
+        agent.status.run if agent.status else None, [t.name for t in agent.spec.tasks] + extra
+    )
+    policy = Policy(
+        Grant.from_strings(agent.spec.capabilities or []),
+        agent=name,
+        redact=redactor,
+        on_denial=reporter.denial,
+    )
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    gateway, gateway_error = build_gateway(agent, registry, redactor, reporter)
+    if gateway is not None:
+        for secret in gateway.config.secrets():
+            redactor.add(secret)
+    kernel = Kernel(
+        agent=name,
+        spec=agent.spec,
+        policy=policy,
+        reporter=reporter,
+        gateway=gateway,
+        gateway_error=gateway_error,
+        tools_socket=os.environ.get("TOKA_TOOLS_SOCKET"),
+        registry=registry,
+    )
+    host, port = _split(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181"))
+    runner = web.AppRunner(kernel.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    metrics_runner = None
+    if os.environ.get("TOKA_METRICS_ADDR"):
+        mhost, mport = _split(os.environ["TOKA_METRICS_ADDR"])
+        metrics_runner = web.AppRunner(kernel.metrics_app(), access_log=None)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, mhost, mport).start()
+    writer = asyncio.create_task(reporter.flush_loop())
+    kernel.ready = True
+    log.info("kernel for %s/%s serving on %s:%s", ns, name, host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                fresh = Agent.model_validate(await kube.get(AGENTS, name, ns, sub="status"))
+            except (ApiError, OSError) as err:
+                log.info("polling Agent: %s", err)
+                continue
+            policy.update(fresh.spec.capabilities or [])
+            kernel.spec = fresh.spec
+            limits = fresh.status.limits if fresh.status else None
+            if kernel.gateway is not None and limits is not None:
+                kernel.gateway.set_limits(limits.requests_per_minute, limits.max_tokens)
+
+    poller = asyncio.create_task(poll())
+    await stop.wait()
+    kernel.ready = False
+    poller.cancel()
+    await reporter.drain()
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+    await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
+    await kernel.aclose()
+    await kube.aclose()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve())
+    return 0

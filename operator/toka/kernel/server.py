@@ -1,0 +1,734 @@
+"""The kernel's HTTP API on `TOKA_KERNEL_ADDR` (the pod's loopback), and metrics on their own port.
+
+    GET  /v1/agent                     who the agent is: tasks (with resume state), tools allowed
+    POST /v1/messages                  EmitObservation, ReportProgress, TaskStarted, TaskCompleted,
+                                       TaskFailed, SpawnSubAgent, ScheduleAgentTask
+    POST /v1/tools/{name}              fs.read, fs.write, fs.list, shell.exec, http.fetch
+    POST /v1/llm/complete              an LLM call through the gateway
+    POST /openai/v1/chat/completions   the same, OpenAI-compatible (stream too), no key needed
+    GET  /healthz, /readyz
+
+Malformed or oversized input gets a 4xx with a reason, never a 5xx; a
+provider's failure is a 502/503/504 naming the provider.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+import httpx
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
+
+from toka.api.base import MAX_DESCRIPTION, MAX_NAME
+from toka.api.capabilities import CapabilityError, parse
+from toka.api.models import AgentSpec, SpawnRequest, TaskSpec
+from toka.kernel.netfetch import FetchRefused, Resolve, fetch, system_resolve
+from toka.kernel.policy import Policy
+from toka.kernel.reporter import Reporter
+from toka.kernel.tooldefs import FINISH_TASK, TOOLS
+from toka.llm import (
+    BudgetExceeded,
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+    LLMError,
+    LLMGateway,
+    PermanentProviderError,
+    RateLimited,
+    ReplayError,
+    RetryableProviderError,
+    ToolCall,
+    ToolSpec,
+)
+from toka.llm.errors import ConfigError, InvalidResponse
+from toka.llm.types import CallStats, TextDelta
+
+log = logging.getLogger("toka.kernel")
+JSON = dict[str, Any]
+MAX_BODY = 2 * 1024 * 1024
+MAX_OBSERVATION = 1024 * 1024
+OPENAI_RATE_WAIT = 20.0
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Big = Annotated[str, StringConstraints(max_length=MAX_OBSERVATION)]
+
+
+class _Strict(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class EmitObservation(_Strict):
+    type: Literal["EmitObservation"]
+    message: Big
+
+
+class ReportProgress(_Strict):
+    type: Literal["ReportProgress"]
+    percent: int | None = Field(default=None, ge=0, le=100)
+    message: Big | None = None
+
+
+class TaskStarted(_Strict):
+    type: Literal["TaskStarted"]
+    task: Name
+
+
+class TaskCompleted(_Strict):
+    type: Literal["TaskCompleted"]
+    task: Name
+    summary: Big = ""
+
+
+class TaskFailed(_Strict):
+    type: Literal["TaskFailed"]
+    task: Name
+    error: Big = ""
+
+
+class NewTask(_Strict):
+    name: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=MAX_NAME, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        ),
+    ]
+    description: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DESCRIPTION)]
+
+
+class SpawnSubAgent(_Strict):
+    type: Literal["SpawnSubAgent"]
+    name: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=MAX_NAME, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        ),
+    ]
+    capabilities: list[Annotated[str, StringConstraints(max_length=256)]] = Field(max_length=64)
+    tasks: list[NewTask] = Field(min_length=1, max_length=16)
+
+
+class ScheduleAgentTask(_Strict):
+    type: Literal["ScheduleAgentTask"]
+    task: NewTask
+
+
+Message = Annotated[
+    EmitObservation
+    | ReportProgress
+    | TaskStarted
+    | TaskCompleted
+    | TaskFailed
+    | SpawnSubAgent
+    | ScheduleAgentTask,
+    Field(discriminator="type"),
+]
+
+
+class _Envelope(BaseModel):
+    message: Message
+
+
+class WireMessage(_Strict):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Annotated[str, StringConstraints(max_length=MAX_OBSERVATION)] = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=64)
+    tool_call_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class LLMCall(_Strict):
+    messages: list[WireMessage] = Field(min_length=1, max_length=512)
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
+    task: Annotated[str, StringConstraints(max_length=MAX_NAME)] = ""
+    turn: int = Field(default=0, ge=0, le=100_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+def _error(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": reason, "message": message, **extra}, status=status)
+
+
+def _validation(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return f"{where}: {first.get('msg')}"
+
+
+class Kernel:
+    def __init__(
+        self,
+        *,
+        agent: str,
+        spec: AgentSpec,
+        policy: Policy,
+        reporter: Reporter,
+        gateway: LLMGateway | None,
+        gateway_error: str | None = None,
+        tools_socket: str | None = None,
+        resolve: Resolve = system_resolve,
+        registry: CollectorRegistry | None = None,
+    ):
+        self.agent = agent
+        self.spec = spec
+        self.policy = policy
+        self.reporter = reporter
+        self.gateway = gateway
+        self.gateway_error = gateway_error
+        self.resolve = resolve
+        self.ready = False
+        self._tools = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=tools_socket) if tools_socket else None,
+            base_url="http://tools",
+            timeout=httpx.Timeout(660, connect=5),
+        )
+        self._follow_ups: dict[str, str] = {}
+        self._openai_turns: dict[str, int] = {}
+        self.registry = registry or CollectorRegistry()
+        self.decisions = Counter(
+            "toka_kernel_decisions", "Policy decisions.", ["op", "decision"], registry=self.registry
+        )
+        self.messages = Counter(
+            "toka_kernel_messages", "Agent messages by type.", ["type"], registry=self.registry
+        )
+
+    async def aclose(self) -> None:
+        await self._tools.aclose()
+        if self.gateway is not None:
+            await self.gateway.aclose()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._never_500])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/v1/agent", self.describe)
+        app.router.add_post("/v1/messages", self.message)
+        app.router.add_post("/v1/tools/{name}", self.tool)
+        app.router.add_post("/v1/llm/complete", self.llm_complete)
+        app.router.add_post("/openai/v1/chat/completions", self.openai_chat)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    @web.middleware
+    async def _never_500(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "too_large", f"request body over {MAX_BODY} bytes")
+        except web.HTTPException:
+            raise
+        except (ValueError, UnicodeDecodeError) as err:
+            return _error(400, "bad_request", str(err)[:300])
+        except Exception:
+            log.exception("kernel error on %s", request.path)
+            return _error(500, "internal", "the kernel failed on this request; see its log")
+
+    async def _json(self, request: web.Request) -> Any:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_BODY, actual_size=request.content_length
+            )
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ValueError("the body is not valid JSON") from None
+
+    # --- health and self ---------------------------------------------------------
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+
+    def allowed_tools(self) -> list[ToolSpec]:
+        grant = self.policy.grant
+        return [t.spec for t in TOOLS.values() if f"{t.domain}:{t.action}" in grant]
+
+    async def describe(self, _: web.Request) -> web.Response:
+        spec = self.spec
+        run = self.reporter.run
+        states = {t.name: t for t in run.tasks or []}
+        tasks = []
+        for t in spec.tasks:
+            st = states.get(t.name)
+            tasks.append(
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "state": st.state if st else "Pending",
+                    "summary": st.summary if st else None,
+                    "attempts": st.attempts if st else 0,
+                }
+            )
+        for extra in run.tasks or []:
+            if extra.name not in {x.name for x in spec.tasks}:
+                tasks.append(
+                    {
+                        "name": extra.name,
+                        "description": extra.description or self._follow_ups.get(extra.name, ""),
+                        "state": extra.state,
+                        "summary": extra.summary,
+                        "attempts": extra.attempts,
+                    }
+                )
+        llm = spec.llm
+        return web.json_response(
+            {
+                "name": self.agent,
+                "domain": spec.domain.value,
+                "workstream": spec.workstream,
+                "tasks": tasks,
+                "capabilities": self.policy.grant.strings(),
+                "handoff": [h.wire() for h in spec.handoff or []],
+                "tools": [t.model_dump() for t in self.allowed_tools()]
+                + [FINISH_TASK.model_dump()],
+                "llm": {
+                    "model": llm.model if llm else None,
+                    "temperature": llm.temperature if llm else None,
+                    "available": "llm:complete" in self.policy.grant,
+                },
+            }
+        )
+
+    # --- messages -------------------------------------------------------------------
+
+    async def message(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        try:
+            msg = _Envelope.model_validate({"message": body}).message
+        except ValidationError as err:
+            kind = body.get("type") if isinstance(body, dict) else None
+            known = {
+                "EmitObservation",
+                "ReportProgress",
+                "TaskStarted",
+                "TaskCompleted",
+                "TaskFailed",
+                "SpawnSubAgent",
+                "ScheduleAgentTask",
+            }
+            if kind not in known:
+                return _error(
+                    400,
+                    "unknown_operation",
+                    f"type must be one of {', '.join(sorted(known))}, not {kind!r}",
+                )
+            return _error(422, "invalid", _validation(err))
+        self.messages.labels(msg.type).inc()
+        r = self.reporter
+        if isinstance(msg, EmitObservation):
+            r.observe(msg.message)
+        elif isinstance(msg, ReportProgress):
+            r.progress(msg.percent, msg.message)
+        elif isinstance(msg, (TaskStarted, TaskCompleted, TaskFailed)):
+            if not r.has_task(msg.task):
+                return _error(404, "unknown_task", f"no task named {msg.task!r}")
+            if isinstance(msg, TaskStarted):
+                r.task_started(msg.task)
+            elif isinstance(msg, TaskCompleted):
+                r.task_completed(msg.task, msg.summary)
+            else:
+                r.task_failed(msg.task, msg.error)
+        elif isinstance(msg, ScheduleAgentTask):
+            if not r.follow_up(msg.task.name, msg.task.description):
+                return _error(
+                    409,
+                    "not_scheduled",
+                    f"task {msg.task.name!r} exists or the limit of follow-up tasks is reached",
+                )
+            self._follow_ups[msg.task.name] = msg.task.description
+        elif isinstance(msg, SpawnSubAgent):
+            return self._spawn(msg)
+        return web.json_response({"ok": True})
+
+    def _spawn(self, msg: SpawnSubAgent) -> web.Response:
+        decision = self.policy.check("agent.spawn", "agent", "spawn", name=msg.name)
+        self.decisions.labels("agent.spawn", "allow" if decision.allowed else "deny").inc()
+        if not decision.allowed:
+            return _error(403, "denied", decision.reason)
+        try:
+            for cap in msg.capabilities:
+                parse(cap)
+        except CapabilityError as err:
+            return _error(422, "invalid", str(err))
+        request = SpawnRequest(
+            id=uuid.uuid4().hex[:12],
+            name=msg.name,
+            capabilities=msg.capabilities or None,
+            tasks=[TaskSpec(name=t.name, description=t.description) for t in msg.tasks],
+        )
+        if not self.reporter.spawn_request(request):
+            return _error(409, "not_requested", "at most 8 spawn requests per agent")
+        # The operator decides (narrowing, count, depth, budget) and answers in status.spawnResults.
+        return web.json_response({"ok": True, "id": request.id, "state": "requested"}, status=202)
+
+    # --- tools -------------------------------------------------------------------------
+
+    async def tool(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        tool = TOOLS.get(name)
+        if tool is None:
+            return _error(
+                404, "unknown_tool", f"no tool {name!r}; tools: {', '.join(sorted(TOOLS))}"
+            )
+        args = await self._json(request)
+        if not isinstance(args, dict):
+            return _error(400, "bad_request", "the body must be a JSON object of arguments")
+        from toka.llm.validate import schema_errors
+
+        problems = schema_errors(args, tool.spec.parameters)
+        if problems:
+            return _error(422, "invalid", "; ".join(problems[:5]))
+        target = tool.target(args)
+        if tool.domain == "shell" and ("/" in target or target in ("", ".", "..")):
+            decision = self.policy.deny(
+                name, f"argv[0] must be a program name, not {target!r}", target=target
+            )
+            self.decisions.labels(name, "deny").inc()
+            return _error(403, "denied", decision.reason)
+        if tool.domain == "fs":
+            bad = _bad_path(target)
+            if bad:
+                decision = self.policy.deny(name, bad, target=target)
+                self.decisions.labels(name, "deny").inc()
+                return _error(403, "denied", decision.reason)
+        decision = self.policy.check(name, tool.domain, tool.action, target)
+        self.decisions.labels(name, "allow" if decision.allowed else "deny").inc()
+        if not decision.allowed:
+            return _error(403, "denied", decision.reason)
+        if name == "http.fetch":
+            return await self._fetch(args)
+        try:
+            resp = await self._tools.post(f"/{name}", json=args)
+        except httpx.HTTPError as err:
+            return _error(
+                503, "tools_unavailable", f"the tools sidecar did not answer: {type(err).__name__}"
+            )
+        try:
+            data = resp.json()
+        except ValueError:
+            return _error(502, "tools_error", "the tools sidecar sent an unreadable answer")
+        return web.json_response(data, status=resp.status_code)
+
+    async def _fetch(self, args: JSON) -> web.Response:
+        def allow(host: str) -> bool:
+            return self.policy.grant.permits("net", "http", host) is not None
+
+        try:
+            result = await fetch(
+                args["url"],
+                method=args.get("method", "GET"),
+                body=args.get("body"),
+                resolve=self.resolve,
+                allow_host=allow,
+            )
+        except FetchRefused as err:
+            decision = self.policy.deny("http.fetch", str(err), target=args["url"])
+            self.decisions.labels("http.fetch", "deny").inc()
+            return _error(403, "denied", decision.reason)
+        except (TimeoutError, OSError, Exception) as err:
+            return _error(502, "fetch_failed", f"{type(err).__name__}: {str(err)[:200]}")
+        return web.json_response(result)
+
+    # --- LLM ---------------------------------------------------------------------------
+
+    def _llm_gate(self, op: str) -> web.Response | None:
+        decision = self.policy.check(op, "llm", "complete")
+        self.decisions.labels(op, "allow" if decision.allowed else "deny").inc()
+        if not decision.allowed:
+            return _error(403, "denied", decision.reason)
+        if self.gateway is None:
+            return _error(
+                503, "llm_unavailable", f"the LLM is not configured: {self.gateway_error}"
+            )
+        return None
+
+    def _llm_failure(self, err: LLMError) -> web.Response:
+        if isinstance(err, RateLimited):
+            return web.json_response(
+                {"error": "rate_limited", "message": str(err)},
+                status=429,
+                headers={"Retry-After": str(max(1, round(err.retry_after)))},
+            )
+        if isinstance(err, BudgetExceeded):
+            return _error(403, "budget_exceeded", str(err))
+        if isinstance(err, ReplayError):
+            return _error(409, "replay", str(err))
+        if isinstance(err, ConfigError):
+            return _error(503, "llm_unavailable", str(err))
+        if isinstance(err, PermanentProviderError):
+            return _error(502, "provider_error", str(err), provider_status=err.status)
+        if isinstance(err, (RetryableProviderError, InvalidResponse)):
+            return _error(504 if err.reason == "timeout" else 503, "provider_unavailable", str(err))
+        return _error(502, "llm_error", str(err))
+
+    def _account(self, stats: CallStats) -> None:
+        self.reporter.usage(stats.usage.input_tokens, stats.usage.output_tokens)
+
+    async def llm_complete(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        try:
+            call = LLMCall.model_validate(body)
+        except ValidationError as err:
+            return _error(422, "invalid", _validation(err))
+        gate = self._llm_gate("llm.complete")
+        if gate is not None:
+            return gate
+        assert self.gateway is not None
+        req = CompletionRequest(
+            messages=[ChatMessage(**m.model_dump()) for m in call.messages],
+            tools=call.tools,
+            temperature=call.temperature,
+            max_tokens=call.max_tokens,
+            agent=self.spec.name or self.agent,
+            task=call.task,
+            turn=call.turn,
+        )
+        try:
+            completion, stats = await self.gateway.complete(req)
+        except LLMError as err:
+            return self._llm_failure(err)
+        self._account(stats)
+        return web.json_response(
+            {"completion": completion.model_dump(), "stats": stats.model_dump()}
+        )
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._json(request)
+        try:
+            req, stream = self._from_openai(body, request)
+        except (ValueError, ValidationError, TypeError, KeyError) as err:
+            msg = _validation(err) if isinstance(err, ValidationError) else str(err)
+            return web.json_response(
+                {"error": {"message": msg, "type": "invalid_request_error", "code": "invalid"}},
+                status=400,
+            )
+        gate = self._llm_gate("openai.chat")
+        if gate is not None:
+            payload = json.loads(gate.text or "{}")
+            return web.json_response(
+                {
+                    "error": {
+                        "message": payload.get("message"),
+                        "type": "permission_denied" if gate.status == 403 else "unavailable",
+                        "code": payload.get("error"),
+                    }
+                },
+                status=gate.status,
+            )
+        assert self.gateway is not None
+        if not stream:
+            try:
+                completion, stats = await self.gateway.complete(req, max_rate_wait=OPENAI_RATE_WAIT)
+            except LLMError as err:
+                return self._openai_error(err)
+            self._account(stats)
+            return web.json_response(_to_openai(completion, req))
+        return await self._openai_stream(request, req)
+
+    def _openai_error(self, err: LLMError) -> web.Response:
+        resp = self._llm_failure(err)
+        payload = json.loads(resp.text or "{}")
+        return web.json_response(
+            {
+                "error": {
+                    "message": payload.get("message"),
+                    "type": payload.get("error"),
+                    "code": payload.get("error"),
+                }
+            },
+            status=resp.status,
+            headers={k: v for k, v in resp.headers.items() if k == "Retry-After"},
+        )
+
+    async def _openai_stream(
+        self, request: web.Request, req: CompletionRequest
+    ) -> web.StreamResponse:
+        stream = self.gateway.stream(req, max_rate_wait=OPENAI_RATE_WAIT)  # type: ignore[union-attr]
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        try:
+            first = await anext(stream)
+        except LLMError as err:
+            return self._openai_error(err)
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+
+        async def send(delta: JSON, finish: str | None = None, usage: JSON | None = None) -> None:
+            chunk: JSON = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": req.model or "toka",
+                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if usage:
+                chunk["usage"] = usage
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        item: TextDelta | Completion | CallStats = first
+        try:
+            while True:
+                if isinstance(item, TextDelta):
+                    await send({"content": item.text})
+                elif isinstance(item, Completion):
+                    for i, call in enumerate(item.tool_calls):
+                        await send(
+                            {
+                                "tool_calls": [
+                                    {
+                                        "index": i,
+                                        "id": call.id,
+                                        "type": "function",
+                                        "function": {
+                                            "name": call.name,
+                                            "arguments": json.dumps(call.arguments),
+                                        },
+                                    }
+                                ]
+                            }
+                        )
+                    await send({}, finish="tool_calls" if item.tool_calls else "stop")
+                    await send(
+                        {},
+                        usage={
+                            "prompt_tokens": item.usage.input_tokens,
+                            "completion_tokens": item.usage.output_tokens,
+                            "total_tokens": item.usage.total,
+                        },
+                    )
+                else:
+                    self._account(item)
+                    break
+                item = await anext(stream)
+        except LLMError as err:
+            await resp.write(f"data: {json.dumps({'error': {'message': str(err)}})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _from_openai(self, body: Any, request: web.Request) -> tuple[CompletionRequest, bool]:
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("messages: a non-empty list is required")
+        out: list[ChatMessage] = []
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in (
+                "system",
+                "developer",
+                "user",
+                "assistant",
+                "tool",
+            ):
+                raise ValueError("messages: each needs a role of system, user, assistant or tool")
+            content = m.get("content") or ""
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if not isinstance(content, str):
+                raise ValueError("messages: content must be a string or a list of text parts")
+            calls = [
+                ToolCall(
+                    id=c["id"],
+                    name=c["function"]["name"],
+                    arguments=json.loads(c["function"].get("arguments") or "{}"),
+                )
+                for c in m.get("tool_calls") or []
+            ]
+            role = "system" if m["role"] == "developer" else m["role"]
+            out.append(
+                ChatMessage(
+                    role=role, content=content, tool_calls=calls, tool_call_id=m.get("tool_call_id")
+                )
+            )
+        tools = [
+            ToolSpec(
+                name=t["function"]["name"],
+                description=t["function"].get("description", ""),
+                parameters=t["function"].get("parameters") or {"type": "object", "properties": {}},
+            )
+            for t in body.get("tools") or []
+            if isinstance(t, dict) and t.get("type") == "function"
+        ]
+        task = request.headers.get("X-Toka-Task") or self.reporter.run.current_task or "chat"
+        if request.headers.get("X-Toka-Turn", "").isdigit():
+            turn = int(request.headers["X-Toka-Turn"])
+        else:
+            turn = self._openai_turns[task] = self._openai_turns.get(task, 0) + 1
+        temperature = body.get("temperature")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        req = CompletionRequest(
+            messages=out,
+            tools=tools,
+            model=None,
+            temperature=float(temperature) if temperature is not None else None,
+            max_tokens=int(max_tokens) if max_tokens else None,
+            agent=self.spec.name or self.agent,
+            task=task,
+            turn=turn,
+        )
+        return req, bool(body.get("stream"))
+
+
+def _to_openai(completion: Completion, req: CompletionRequest) -> JSON:
+    message: JSON = {
+        "role": "assistant",
+        "content": completion.content or None,
+        "refusal": completion.refusal,
+    }
+    if completion.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in completion.tool_calls
+        ]
+    finish = {"tool_use": "tool_calls", "max_tokens": "length", "refusal": "content_filter"}.get(
+        completion.stop_reason, "stop"
+    )
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": completion.model or "toka",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": completion.usage.input_tokens,
+            "completion_tokens": completion.usage.output_tokens,
+            "total_tokens": completion.usage.total,
+        },
+    }
+
+
+def _bad_path(path: str) -> str | None:
+    if path.startswith("/"):
+        return f"absolute paths are not allowed: {path!r}"
+    if "\x00" in path:
+        return "paths may not contain NUL bytes"
+    if ".." in path.split("/"):
+        return f"'..' is not allowed in paths: {path!r}"
+    return None

@@ -1,0 +1,1 @@
+"""The tools sidecar: runs permitted tool calls in /workspace. Standard library only."""
