@@ -134,6 +134,8 @@ async def test_a_native_sidecar_starts_first_and_stops_after_the_main_container(
     kernel = container_status(pod, "kernel")
     agent = container_status(pod, "agent")
     assert kernel["started"] is True
+    # It handles SIGTERM and exits 0; one signal only, so nothing kills it on its way out.
+    assert kernel["state"]["terminated"]["exitCode"] == 0
     assert kernel["state"]["terminated"]["finishedAt"] >= agent["state"]["terminated"]["finishedAt"]
     assert "kernel says sidecar" in node_agent.pod_log(namespace, "sidecar", "agent")
 

@@ -59,6 +59,19 @@ class KubeModel(BaseModel):
         """The object as the API server stores it: aliases, unset fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    def merge_patch(self, *, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """A JSON merge patch that writes this object whole: unset fields become null
+        (which removes them), so nothing of an earlier write lingers. `exclude` names
+        fields another writer owns; they are left out, untouched."""
+        out = self.wire()
+        for name, field in type(self).model_fields.items():
+            alias = field.alias or name
+            if alias not in out:
+                out[alias] = None
+        for key in exclude:
+            out.pop(key, None)
+        return out
+
 
 def k8s(
     *,

@@ -109,7 +109,8 @@ class Runtime:
                     requeue = 1.0
                 timeout = min(requeue or self.config.resync_seconds, self.config.resync_seconds)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await event.wait()
                 await asyncio.sleep(self.config.debounce_seconds)
         finally:
             self.forget(kind, ns, name)
@@ -140,7 +141,7 @@ class Runtime:
                 await delete_pod(self.kube, pod["metadata"]["name"], ns)
         status = plan.status.wire()
         if status != _comparable(body.get("status")):
-            await patch_status(self.kube, SESSIONS, name, ns, status)
+            await patch_status(self.kube, SESSIONS, name, ns, plan.status.merge_patch())
         for kind, reason, message in plan.events:
             await post_event(self.kube, body, kind, reason, message)
         return plan.requeue_after
@@ -182,7 +183,10 @@ class Runtime:
             )
         new_status = plan.status.wire()
         if new_status != _comparable(status):
-            await patch_status(self.kube, AGENTS, name, ns, new_status)
+            # Never `run`: that is the kernel's.
+            await patch_status(
+                self.kube, AGENTS, name, ns, plan.status.merge_patch(exclude=frozenset({"run"}))
+            )
         for kind, reason, message in plan.events:
             await post_event(self.kube, body, kind, reason, message)
         await self._report_denials(body)

@@ -217,7 +217,6 @@ class PodRuntime:
             "podIP": self.ip,
             "podIPs": [{"ip": self.ip}],
             "startTime": self.start_time,
-            "qosClass": "BestEffort",
             "initContainerStatuses": [c.status(image_ids[c.name]) for c in self.inits],
             "containerStatuses": [c.status(image_ids[c.name]) for c in self.mains],
             "reason": self.reason,
@@ -831,15 +830,22 @@ class PodRuntime:
             await asyncio.sleep(min(period, 1.0) if not ok else period)
 
     async def _signal(self, c: ContainerRun, sig: int) -> None:
+        """One signal to the container's process group (the sandbox made it a session).
+
+        Once only: a second SIGTERM can land after a process has finished its
+        own clean shutdown and kill it on the way out.
+        """
         if c.proc is None or c.proc.returncode is not None:
             return
-        # The sandbox made the container its own session: signal the whole group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(c.proc.pid, sig)
-        with contextlib.suppress(ProcessLookupError):
-            c.proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(sig)
 
     async def _stop(self, c: ContainerRun, grace: float) -> None:
+        """SIGTERM, the grace period, then SIGKILL. The container's own waiter records its
+        terminated state (`_wait`, `_run_to_end` or `_supervise_sidecar`)."""
         c.stopping = True
         if c.proc is None or c.proc.returncode is not None:
             return
@@ -849,11 +855,8 @@ class PodRuntime:
         except TimeoutError:
             await self._signal(c, signal.SIGKILL)
             await c.proc.wait()
-        if c.init and not c.sidecar:
-            return
-        c.state = {"terminated": self._terminated(c, c.proc.returncode or 0)}
-        c.ready = False
-        self.mark()
+        # Let the waiter record the state before the pod's phase is decided.
+        await asyncio.sleep(0)
 
     async def _stop_sidecars(self) -> None:
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
@@ -1017,11 +1020,13 @@ class NodeAgent:
             except (ApiError, httpx.TransportError) as err:
                 log.warning("lease renewal: %s", err)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 10)
+                async with asyncio.timeout(10):
+                    await stop.wait()
 
     # --- pods ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        use_pidfd_child_watcher()
         self.root.mkdir(parents=True, exist_ok=True)
         await self.register_node()
         lease = asyncio.create_task(self._lease_loop(stop))
@@ -1149,6 +1154,22 @@ async def run_node_agent(
 ) -> None:
     async with AsyncKube(config) as kube:
         await NodeAgent(kube, root, hidden_paths=hidden_paths).run(stop, ready)
+
+
+def use_pidfd_child_watcher() -> None:
+    """Exit codes are the pod's phase: never let asyncio's threaded watcher lose one.
+
+    The default watcher reports 255 when another waiter reaped the child
+    first; a pidfd watcher holds the process itself and cannot miss it.
+    """
+    if sys.version_info < (3, 12):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(asyncio.get_running_loop())
+            asyncio.set_child_watcher(watcher)
 
 
 def require_root() -> None:

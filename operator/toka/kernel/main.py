@@ -10,7 +10,6 @@ there, polled for changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -139,13 +138,13 @@ async def serve(config: KubeConfig | None = None) -> None:
         registry=registry,
     )
     host, port = _split(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181"))
-    runner = web.AppRunner(kernel.app(), access_log=None)
+    runner = web.AppRunner(kernel.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     metrics_runner = None
     if os.environ.get("TOKA_METRICS_ADDR"):
         mhost, mport = _split(os.environ["TOKA_METRICS_ADDR"])
-        metrics_runner = web.AppRunner(kernel.metrics_app(), access_log=None)
+        metrics_runner = web.AppRunner(kernel.metrics_app(), access_log=None, shutdown_timeout=1.0)
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, mhost, mport).start()
     writer = asyncio.create_task(reporter.flush_loop())
@@ -173,17 +172,17 @@ async def serve(config: KubeConfig | None = None) -> None:
 
     poller = asyncio.create_task(poll())
     await stop.wait()
+    log.info("stopping: writing the last report")
     kernel.ready = False
     poller.cancel()
-    await reporter.drain()
-    writer.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await writer
+    if not await reporter.close(writer):
+        log.warning("stopping with an unwritten report (the API server did not answer)")
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     await kernel.aclose()
     await kube.aclose()
+    log.info("stopped")
 
 
 def main() -> int:

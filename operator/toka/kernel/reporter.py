@@ -72,6 +72,7 @@ class Reporter:
         self.failures = 0
         self._version = 0
         self._written_version = 0
+        self._closed = False
 
     # --- state changes (never block) --------------------------------------------
 
@@ -195,21 +196,29 @@ class Reporter:
 
     def snapshot(self) -> JSON:
         self.run.last_heartbeat_time = utcnow()
-        return self.run.wire()
+        return self.run.merge_patch()
 
     async def flush_loop(self) -> None:
-        """The only writer of status.run; runs until cancelled."""
-        while True:
+        """The only writer of status.run; runs until `close()`.
+
+        Waits use `asyncio.timeout`, not `wait_for`: on 3.11, `wait_for` can
+        swallow a cancellation that races with the event it waits on.
+        """
+        while not self._closed:
             with contextlib.suppress(TimeoutError):  # a timeout is the heartbeat
-                await asyncio.wait_for(self._changed.wait(), self.heartbeat_seconds)
+                async with asyncio.timeout(self.heartbeat_seconds):
+                    await self._changed.wait()
             self._changed.clear()
             wait = self.min_interval - (self.clock() - self._last_write)
-            if wait > 0 and not self._urgent:
+            if wait > 0 and not self._urgent and not self._closed:
                 # Coalesce: wait out the second, unless a task transition arrives.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_urgent(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wait_urgent()
             self._urgent = False
             self._changed.clear()
+            if self._closed and self.in_sync:
+                return
             await self._write()
 
     async def _wait_urgent(self) -> None:
@@ -246,12 +255,16 @@ class Reporter:
     def in_sync(self) -> bool:
         return self._written_version == self._version
 
-    async def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until the latest state is written (at exit)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    async def close(self, writer: asyncio.Task[None], timeout: float = 10.0) -> bool:
+        """At exit: write the latest state (bounded), then stop the writer. Whether it got out."""
+        self._closed = True
         self._urgent = True
         self._changed.set()
-        while not self.in_sync and loop.time() < deadline:  # noqa: ASYNC110 - polls a counter
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(writer)
+        if not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         return self.in_sync
