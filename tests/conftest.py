@@ -152,3 +152,60 @@ def node_agent(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class OperatorProcess:
+    """`toka operator` as a real process, restricted to one namespace; can be killed and restarted."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "toka.cli",
+                    "operator",
+                    "--no-liveness",
+                    "--namespace",
+                    self.namespace,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as a crash or an OOM kill would leave it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: Path, namespace: str, node_agent: NodeAgentProcess, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator as its own process, watching this test's namespace only."""
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()

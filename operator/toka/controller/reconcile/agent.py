@@ -179,7 +179,8 @@ def compute_agent_plan(
         ]
         plan.requeue_after = 5
     elif current is None or pod_phase == "Failed":
-        plan.create_attempt = current_attempt + 1
+        # Never reuse a number: a pod deleted on suspend leaves only status.attempts.
+        plan.create_attempt = max(current_attempt, prev.attempts or 0) + 1
         attempts = plan.create_attempt
         if current is not None:
             reason, detail = _failure(current)
