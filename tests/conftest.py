@@ -155,7 +155,7 @@ def node_agent(
 
 
 class OperatorProcess:
-    """`toka operator` as a real process, restricted to one namespace; can be killed and restarted."""
+    """`toka operator` as a real process for one namespace; it can be killed and restarted."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path):
         self.kubeconfig = kubeconfig

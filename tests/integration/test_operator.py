@@ -91,7 +91,8 @@ async def test_a_chain_runs_in_order_and_hands_each_summary_to_the_next(
     for before, after in (("first", "second"), ("second", "third")):
         succeeded = seen.first("agent", f"chain-{before}", phase="Succeeded")
         created = seen.first("agent", f"chain-{after}", type_="ADDED")
-        assert succeeded is not None and created is not None
+        assert succeeded is not None
+        assert created is not None
         assert succeeded <= created, f"{after} was created before {before} succeeded"
     second = await kube.get(AGENTS, "chain-second", namespace)
     assert second["spec"]["handoff"] == [{"agent": "first", "summary": "t: wrote notes/a.md"}]
@@ -124,7 +125,9 @@ async def test_a_diamond_joins_only_after_both_branches_succeed(
     join_created = seen.first("agent", "dia-join", type_="ADDED")
     for branch in ("left", "right"):
         ok = seen.first("agent", f"dia-{branch}", phase="Succeeded")
-        assert ok is not None and join_created is not None and ok <= join_created
+        assert ok is not None
+        assert join_created is not None
+        assert ok <= join_created
     join = await kube.get(AGENTS, "dia-join", namespace)
     assert {h["agent"] for h in join["spec"]["handoff"]} == {"left", "right"}
 
@@ -344,11 +347,9 @@ async def test_a_missing_key_secret_is_named_on_the_agent(
         ),
     )
     message = condition(ag, "PodScheduled")["message"]
-    assert (
-        "Secret 'anthropic'" in message
-        and "llm.apiKeySecretRef" in message
-        and "api-key" in message
-    )
+    assert "Secret 'anthropic'" in message
+    assert "llm.apiKeySecretRef" in message
+    assert "api-key" in message
     assert (await kube.list(PODS, namespace))["items"] == []
     reasons = {e["reason"] for e in await events_for(kube, namespace, "nokey-a")}
     assert "SecretNotFound" in reasons
@@ -375,7 +376,8 @@ async def test_an_image_that_cannot_start_is_named_on_the_agent(
         timeout=60,
     )
     message = condition(ag, "KernelReady")["message"]
-    assert "registry.example.com/agents/custom:1" in message and "spec.image" in message
+    assert "registry.example.com/agents/custom:1" in message
+    assert "spec.image" in message
 
 
 async def test_a_standalone_agent_runs_without_a_session(
@@ -402,7 +404,8 @@ async def test_a_standalone_agent_runs_without_a_session(
     assert done["status"]["phase"] == "Succeeded"
     assert done["status"]["run"]["tasks"][0]["summary"] == "alone and fine"
     reasons = [e["reason"] for e in await events_for(kube, namespace, "solo")]
-    assert "PodCreated" in reasons and "AgentSucceeded" in reasons
+    assert "PodCreated" in reasons
+    assert "AgentSucceeded" in reasons
 
 
 async def test_a_denied_tool_call_shows_in_status_and_as_an_event(
@@ -439,4 +442,5 @@ async def test_a_denied_tool_call_shows_in_status_and_as_an_event(
         for e in await events_for(kube, namespace, "deny-nosy")
         if e["reason"] == "CapabilityDenied"
     ]
-    assert warnings and "shell:exec:curl" in warnings[-1]["message"]
+    assert warnings
+    assert "shell:exec:curl" in warnings[-1]["message"]
