@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from toka.api.admission import admission_manifests
 from toka.api.crdgen import all_crds
 from toka.devcluster.binaries import ensure_binaries
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import NAMESPACES, NODES, SERVICEACCOUNTS, ApiError, AsyncKube
 from toka.kube.config import load_kubeconfig
-from toka.kube.crds import ensure_crds
+from toka.kube.crds import apply_cluster_manifests, ensure_crds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,6 +37,7 @@ def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
         async def install() -> None:
             async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as kube:
                 await ensure_crds(kube, all_crds().values())
+                await apply_cluster_manifests(kube, admission_manifests())
 
         asyncio.run(install())
         yield cp

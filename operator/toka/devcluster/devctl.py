@@ -19,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from toka.api.admission import admission_manifests
 from toka.api.crdgen import all_crds
 from toka.devcluster.binaries import ensure_binaries
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import AsyncKube
 from toka.kube.config import load_kubeconfig
-from toka.kube.crds import ensure_crds
+from toka.kube.crds import apply_cluster_manifests, ensure_crds
 
 STATE_FILE = "state.json"
 
@@ -144,6 +145,7 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     async with AsyncKube(config) as kube:
         await ensure_crds(kube, all_crds().values())
+        await apply_cluster_manifests(kube, admission_manifests())
         tasks = []
         if with_node_agent:
             from toka.devcluster.nodeagent import NodeAgent, require_root

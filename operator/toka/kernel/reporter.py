@@ -199,26 +199,27 @@ class Reporter:
         return self.run.merge_patch()
 
     async def flush_loop(self) -> None:
-        """The only writer of status.run; runs until `close()`.
+        """The only writer of status.run; returns after `close()` once the latest state is out.
 
         Waits use `asyncio.timeout`, not `wait_for`: on 3.11, `wait_for` can
         swallow a cancellation that races with the event it waits on.
         """
-        while not self._closed:
-            with contextlib.suppress(TimeoutError):  # a timeout is the heartbeat
-                async with asyncio.timeout(self.heartbeat_seconds):
-                    await self._changed.wait()
-            self._changed.clear()
-            wait = self.min_interval - (self.clock() - self._last_write)
-            if wait > 0 and not self._urgent and not self._closed:
-                # Coalesce: wait out the second, unless a task transition arrives.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._wait_urgent()
+        while True:
+            if self._closed:
+                if self.in_sync:
+                    return
+            else:
+                with contextlib.suppress(TimeoutError):  # a timeout is the heartbeat
+                    async with asyncio.timeout(self.heartbeat_seconds):
+                        await self._changed.wait()
+                wait = self.min_interval - (self.clock() - self._last_write)
+                if wait > 0 and not self._urgent and not self._closed:
+                    # Coalesce: wait out the second, unless a task transition arrives.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wait_urgent()
             self._urgent = False
             self._changed.clear()
-            if self._closed and self.in_sync:
-                return
             await self._write()
 
     async def _wait_urgent(self) -> None:

@@ -6,7 +6,16 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from toka.kube.client import CRDS, ApiError, AsyncKube
+from toka.kube.client import CRDS, ApiError, AsyncKube, Resource
+
+KINDS = {
+    "ValidatingAdmissionPolicy": Resource(
+        "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies", namespaced=False
+    ),
+    "ValidatingAdmissionPolicyBinding": Resource(
+        "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings", namespaced=False
+    ),
+}
 
 
 async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: float = 60) -> None:
@@ -42,3 +51,12 @@ async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: 
             if loop.time() > deadline:
                 raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s: {conds}")
             await asyncio.sleep(0.1)
+
+
+async def apply_cluster_manifests(kube: AsyncKube, manifests: Iterable[dict[str, Any]]) -> None:
+    """Server-side apply of cluster-scoped objects (the admission policies)."""
+    for doc in manifests:
+        res = KINDS[doc["kind"]]
+        await kube.patch(
+            res, doc["metadata"]["name"], doc, patch_type="apply", field_manager="toka", force=True
+        )

@@ -1,0 +1,210 @@
+"""The ValidatingAdmissionPolicies shipped with the CRDs.
+
+Without them, anyone allowed to create Agents could name any Secret of the
+namespace in `apiKeySecretRef` and have the kernel send it to a base URL of
+their choice. Each policy asks the API server's authorizer whether the
+*requesting user* may `get` every Secret and ConfigMap the object names.
+
+Parameters (optional): ConfigMap `toka-admission` in `toka-system`, keys
+`allowedImages` and `allowedCapabilities`, each a comma-separated list of
+prefixes. Without the ConfigMap, or without a key, that check allows all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PARAM_NAMESPACE = "toka-system"
+PARAM_NAME = "toka-admission"
+
+_CAN_GET = (
+    "authorizer.group('').resource('{res}').namespace(object.metadata.namespace)"
+    ".name({var}).check('get').allowed()"
+)
+
+
+def _refs(prefix: str) -> dict[str, str]:
+    """CEL for the Secret and ConfigMap names one llm/workspace holder names (`prefix` is a path)."""
+    return {
+        "secrets": (
+            f"has({prefix}.llm) && has({prefix}.llm.apiKeySecretRef) ? "
+            f"[{prefix}.llm.apiKeySecretRef.name] : []"
+        ),
+        "configmaps": (
+            f"(has({prefix}.llm) && has({prefix}.llm.replay) ? [{prefix}.llm.replay.configMapRef.name] : [])"
+        ),
+    }
+
+
+def _match(plural: str) -> dict[str, Any]:
+    return {
+        "resourceRules": [
+            {
+                "apiGroups": ["toka.dev"],
+                "apiVersions": ["v1alpha1"],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": [plural],
+            }
+        ]
+    }
+
+
+def _names(kind: str) -> tuple[str, str, str, str]:
+    """CEL for (Secret names, ConfigMap names, images, capability check) the object names."""
+    top = _refs("object.spec")
+    workspace = (
+        " + (has(object.spec.workspace) && has(object.spec.workspace.configMap) ? "
+        "[object.spec.workspace.configMap] : [])"
+    )
+    if kind == "AgentSession":
+        secrets = (
+            f"({top['secrets']}) + object.spec.agents.filter(a, has(a.llm) && "
+            "has(a.llm.apiKeySecretRef)).map(a, a.llm.apiKeySecretRef.name)"
+        )
+        configmaps = (
+            f"{top['configmaps']} + object.spec.agents.filter(a, has(a.llm) && "
+            "has(a.llm.replay)).map(a, a.llm.replay.configMapRef.name)" + workspace
+        )
+        images = (
+            "object.spec.agents.filter(a, has(a.image)).map(a, a.image) + "
+            "object.spec.agents.filter(a, has(a.toolsImage)).map(a, a.toolsImage)"
+        )
+        caps = (
+            "object.spec.agents.filter(a, has(a.capabilities)).all(a, a.capabilities.all(c, "
+            "variables.allowedCaps.exists(p, c.startsWith(p))))"
+        )
+        return secrets, configmaps, images, caps
+    images = (
+        "(has(object.spec.image) ? [object.spec.image] : []) + "
+        "(has(object.spec.toolsImage) ? [object.spec.toolsImage] : [])"
+    )
+    caps = (
+        "!has(object.spec.capabilities) || object.spec.capabilities.all(c, "
+        "variables.allowedCaps.exists(p, c.startsWith(p)))"
+    )
+    return top["secrets"], top["configmaps"] + workspace, images, caps
+
+
+def _references_policy(kind: str, plural: str) -> dict[str, Any]:
+    """Always on: what the object names, the requesting user must be able to read."""
+    secrets, configmaps, _, _ = _names(kind)
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": f"{plural}-references.toka.dev"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": _match(plural),
+            "variables": [
+                {"name": "secrets", "expression": secrets},
+                {"name": "configmaps", "expression": configmaps},
+                {
+                    "name": "deniedSecrets",
+                    "expression": "variables.secrets.filter(s, !"
+                    + _CAN_GET.format(res="secrets", var="s")
+                    + ")",
+                },
+                {
+                    "name": "deniedConfigMaps",
+                    "expression": "variables.configmaps.filter(c, !"
+                    + _CAN_GET.format(res="configmaps", var="c")
+                    + ")",
+                },
+            ],
+            "validations": [
+                {
+                    "expression": "size(variables.deniedSecrets) == 0",
+                    # Message expressions may not use the authorizer: name all that is named.
+                    "messageExpression": (
+                        "'you may not get every Secret named in llm.apiKeySecretRef (' + "
+                        "variables.secrets.join(', ') + ') in namespace ' + object.metadata.namespace + "
+                        "': the kernel would send its value to the LLM provider, so you must be able "
+                        "to read it yourself'"
+                    ),
+                    "reason": "Forbidden",
+                },
+                {
+                    "expression": "size(variables.deniedConfigMaps) == 0",
+                    "messageExpression": (
+                        "'you may not get every ConfigMap named in llm.replay.configMapRef or "
+                        "workspace.configMap (' + variables.configmaps.join(', ') + ') in namespace ' + "
+                        "object.metadata.namespace + ''"
+                    ),
+                    "reason": "Forbidden",
+                },
+            ],
+        },
+    }
+
+
+def _restrictions_policy(kind: str, plural: str) -> dict[str, Any]:
+    """Admin-set, through the parameter ConfigMap: allowed image and capability prefixes."""
+    _, _, images, caps = _names(kind)
+    no_param = "params == null || !has(params.data)"
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": f"{plural}-restrictions.toka.dev"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": _match(plural),
+            "variables": [
+                {"name": "images", "expression": images},
+                {
+                    "name": "allowedImages",
+                    "expression": f"{no_param} || !has(params.data.allowedImages) ? [] : "
+                    "params.data.allowedImages.split(',').map(p, p.trim()).filter(p, p != '')",
+                },
+                {
+                    "name": "allowedCaps",
+                    "expression": f"{no_param} || !has(params.data.allowedCapabilities) ? [] : "
+                    "params.data.allowedCapabilities.split(',').map(p, p.trim()).filter(p, p != '')",
+                },
+            ],
+            "validations": [
+                {
+                    "expression": "size(variables.allowedImages) == 0 || variables.images.all(i, "
+                    "variables.allowedImages.exists(p, i.startsWith(p)))",
+                    "messageExpression": (
+                        "'image ' + variables.images.filter(i, !variables.allowedImages.exists(p, "
+                        "i.startsWith(p)))[0] + ' is not allowed here; allowed prefixes: ' + "
+                        "variables.allowedImages.join(', ')"
+                    ),
+                    "reason": "Forbidden",
+                },
+                {
+                    "expression": f"size(variables.allowedCaps) == 0 || ({caps})",
+                    "message": "a capability is not in this cluster's allowed list "
+                    f"(ConfigMap {PARAM_NAMESPACE}/{PARAM_NAME}, key allowedCapabilities)",
+                    "reason": "Forbidden",
+                },
+            ],
+        },
+    }
+
+
+def _binding(policy: dict[str, Any]) -> dict[str, Any]:
+    name = policy["metadata"]["name"]
+    spec: dict[str, Any] = {"policyName": name, "validationActions": ["Deny"]}
+    if "paramKind" in policy["spec"]:
+        # No parameter ConfigMap: nothing is restricted (this binding only).
+        spec["paramRef"] = {
+            "name": PARAM_NAME,
+            "namespace": PARAM_NAMESPACE,
+            "parameterNotFoundAction": "Allow",
+        }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def admission_manifests() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for kind, plural in (("AgentSession", "agentsessions"), ("Agent", "agents")):
+        for policy in (_references_policy(kind, plural), _restrictions_policy(kind, plural)):
+            out += [policy, _binding(policy)]
+    return out

