@@ -1,4 +1,4 @@
-"""Killed at random moments and restarted, the operator finishes the session and duplicates nothing."""
+"""Killed at random moments and restarted, the operator finishes and duplicates nothing."""
 
 from __future__ import annotations
 

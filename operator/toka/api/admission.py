@@ -24,14 +24,15 @@ _CAN_GET = (
 
 
 def _refs(prefix: str) -> dict[str, str]:
-    """CEL for the Secret and ConfigMap names one llm/workspace holder names (`prefix` is a path)."""
+    """CEL for the Secret and ConfigMap names an `llm` at `prefix` refers to."""
     return {
         "secrets": (
             f"has({prefix}.llm) && has({prefix}.llm.apiKeySecretRef) ? "
             f"[{prefix}.llm.apiKeySecretRef.name] : []"
         ),
         "configmaps": (
-            f"(has({prefix}.llm) && has({prefix}.llm.replay) ? [{prefix}.llm.replay.configMapRef.name] : [])"
+            f"(has({prefix}.llm) && has({prefix}.llm.replay) ? "
+            f"[{prefix}.llm.replay.configMapRef.name] : [])"
         ),
     }
 
@@ -117,9 +118,9 @@ def _references_policy(kind: str, plural: str) -> dict[str, Any]:
                     # Message expressions may not use the authorizer: name all that is named.
                     "messageExpression": (
                         "'you may not get every Secret named in llm.apiKeySecretRef (' + "
-                        "variables.secrets.join(', ') + ') in namespace ' + object.metadata.namespace + "
-                        "': the kernel would send its value to the LLM provider, so you must be able "
-                        "to read it yourself'"
+                        "variables.secrets.join(', ') + ') in namespace ' + "
+                        "object.metadata.namespace + ': the kernel would send its value to the LLM "
+                        "provider, so you must be able to read it yourself'"
                     ),
                     "reason": "Forbidden",
                 },
@@ -127,8 +128,8 @@ def _references_policy(kind: str, plural: str) -> dict[str, Any]:
                     "expression": "size(variables.deniedConfigMaps) == 0",
                     "messageExpression": (
                         "'you may not get every ConfigMap named in llm.replay.configMapRef or "
-                        "workspace.configMap (' + variables.configmaps.join(', ') + ') in namespace ' + "
-                        "object.metadata.namespace + ''"
+                        "workspace.configMap (' + variables.configmaps.join(', ') + "
+                        "') in namespace ' + object.metadata.namespace"
                     ),
                     "reason": "Forbidden",
                 },
@@ -159,7 +160,8 @@ def _restrictions_policy(kind: str, plural: str) -> dict[str, Any]:
                 {
                     "name": "allowedCaps",
                     "expression": f"{no_param} || !has(params.data.allowedCapabilities) ? [] : "
-                    "params.data.allowedCapabilities.split(',').map(p, p.trim()).filter(p, p != '')",
+                    "params.data.allowedCapabilities.split(',')"
+                    ".map(p, p.trim()).filter(p, p != '')",
                 },
             ],
             "validations": [
