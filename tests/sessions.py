@@ -117,6 +117,7 @@ class Recorder:
     kube: AsyncKube
     namespace: str
     events: list[Seen] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def __aenter__(self) -> Recorder:
@@ -129,21 +130,30 @@ class Recorder:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        assert not self.errors, f"the recorder's watch failed: {self.errors}"
 
     async def _watch(self, kind: str, res: Resource) -> None:
-        async for event in self.kube.list_and_watch(res, self.namespace):
-            obj = event["object"]
-            self.events.append(
-                Seen(
-                    kind,
-                    event["type"],
-                    obj["metadata"]["name"],
-                    obj["metadata"]["uid"],
-                    (obj.get("status") or {}).get("phase"),
-                    time.monotonic(),
-                    obj,
-                )
-            )
+        while True:
+            try:
+                async for event in self.kube.list_and_watch(res, self.namespace):
+                    obj = event["object"]
+                    meta = obj["metadata"]
+                    phase = (obj.get("status") or {}).get("phase")
+                    self.events.append(
+                        Seen(
+                            kind,
+                            event["type"],
+                            meta["name"],
+                            meta["uid"],
+                            phase,
+                            time.monotonic(),
+                            obj,
+                        )
+                    )
+            except ApiError as err:
+                # Recorded, and the test fails at exit: a blind recorder proves nothing.
+                self.errors.append(f"{kind}: {err}")
+                await asyncio.sleep(0.5)
 
     def first(
         self, kind: str, name: str, phase: str | None = None, type_: str | None = None

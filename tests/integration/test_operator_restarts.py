@@ -71,13 +71,15 @@ async def test_an_operator_killed_five_times_completes_a_20_agent_session_withou
     assert operator.starts == 6
     assert done["status"]["phase"] == "Succeeded", done["status"]
 
-    agent_objects = seen.created("agent")
-    assert Counter(name for name, _ in agent_objects) == Counter(f"big-{n}" for n in names), (
-        "an Agent was created twice (two uids for one name) or is missing"
+    agent_objects = Counter(name for name, _ in seen.created("agent"))
+    expected = Counter(f"big-{n}" for n in names)
+    assert agent_objects == expected, (
+        f"duplicated or missing Agents: {agent_objects - expected}, {expected - agent_objects}"
     )
-    pods = seen.created("pod")
-    assert Counter(name for name, _ in pods) == Counter(f"big-{n}-1" for n in names), (
-        "a pod was created twice or an attempt was wasted"
+    pod_objects = Counter(name for name, _ in seen.created("pod"))
+    expected_pods = Counter(f"big-{n}-1" for n in names)
+    assert pod_objects == expected_pods, (
+        f"duplicated or missing pods: {pod_objects - expected_pods}, {expected_pods - pod_objects}"
     )
 
     for n in names:

@@ -319,11 +319,16 @@ class AsyncKube:
         field_selector: str | None = None,
         stop: asyncio.Event | None = None,
     ) -> AsyncIterator[JSON]:
-        """Every object as ADDED from a list, then watch events, relisting on 410 forever."""
+        """Every object as ADDED from a list, then watch events; relists on 410 and on
+        connection failures, forever (an informer's loop)."""
         while stop is None or not stop.is_set():
-            listing = await self.list(
-                res, namespace, label_selector=label_selector, field_selector=field_selector
-            )
+            try:
+                listing = await self.list(
+                    res, namespace, label_selector=label_selector, field_selector=field_selector
+                )
+            except (httpx.TransportError, httpx.StreamError):
+                await asyncio.sleep(0.5)
+                continue
             rv = listing["metadata"]["resourceVersion"]
             for item in listing.get("items", []):
                 yield {"type": "ADDED", "object": item}
