@@ -122,7 +122,7 @@ async def operator_session(kube: AsyncKube, ns: str, n: int) -> float:
 
 
 async def track(kube: AsyncKube, ns: str, n: int, pid: int) -> tuple[float, float, float]:
-    """Create n suspended standalone Agents; wait until the operator reported all; RSS before/after."""
+    """n suspended standalone Agents, all reconciled; operator RSS before and after."""
     before = rss_mb(pid)
     sem = asyncio.Semaphore(20)
 
@@ -181,13 +181,13 @@ async def main(agents: int, tracked: int) -> None:
             await asyncio.sleep(3)  # the operator's start-up is not what is measured
             measured = await operator_session(kube, "op", agents)
             print(
-                f"{agents} agents → pods: raw client {baseline:.2f} s (SA+Role+RoleBinding+Pod each), "
+                f"{agents} agents → pods: raw client {baseline:.2f} s (SA, Role, Binding, Pod), "
                 f"operator {measured:.2f} s from session create (Agents too)"
             )
             print(f"ratio operator/raw {measured / baseline:.2f}x (target ≤ 1.5x)")
             before, after, elapsed = await track(kube, "track", tracked, op.pid)
             print(
-                f"operator RSS: {before:.0f} MB idle, {after:.0f} MB tracking {tracked} more Agents "
+                f"operator RSS: {before:.0f} MB idle, {after:.0f} MB tracking {tracked} Agents "
                 f"(all reconciled in {elapsed:.1f} s; target ≤ 300 MB at 1,000)"
             )
     finally:
