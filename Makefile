@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toka-installed
 
-.PHONY: venv test test-unit lint fmt crds controlplane dev-up dev-down bench bench-smoke clean
+.PHONY: demo venv test test-unit lint fmt crds controlplane dev-up dev-down bench bench-smoke clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(STAMP)
 # $KUBEBUILDER_ASSETS or ~/.cache/toka, else built from their Go modules (once).
 controlplane: $(STAMP)
 	$(BIN)/toka dev binaries
+
+# The main job: a real session on the built-in dev cluster, with live progress.
+demo: controlplane
+	$(BIN)/toka demo
 
 test: controlplane
 	$(BIN)/python -m pytest
@@ -42,11 +46,14 @@ crds: $(STAMP)
 	$(BIN)/toka crds
 
 # Benchmarks print their baseline (measured in the same run) and a ratio; never asserted.
-bench: $(STAMP)
+bench: controlplane
 	$(BIN)/python -m bench.llm_gateway_overhead
+	$(BIN)/python -m bench.kernel_agent
+	$(BIN)/python -m bench.operator_scale
 
-bench-smoke: $(STAMP)
+bench-smoke: controlplane
 	$(BIN)/python -m bench.llm_gateway_overhead --smoke
+	$(BIN)/python -m bench.kernel_agent --smoke
 
 dev-up: controlplane
 	$(BIN)/toka dev up

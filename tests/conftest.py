@@ -6,6 +6,7 @@ tests that stop the API server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,12 +20,23 @@ import pytest
 from toka.api.admission import admission_manifests
 from toka.api.crdgen import all_crds
 from toka.devcluster.binaries import ensure_binaries
-from toka.devcluster.controlplane import ControlPlane
+from toka.devcluster.controlplane import ControlPlane, die_with_parent
 from toka.kube.client import NAMESPACES, NODES, SERVICEACCOUNTS, ApiError, AsyncKube
 from toka.kube.config import load_kubeconfig
 from toka.kube.crds import apply_cluster_manifests, ensure_crds
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def install_toka(cp: ControlPlane) -> None:
+    """Toka's CRDs and admission policies, as `toka dev up` installs them."""
+
+    async def install() -> None:
+        async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as kube:
+            await ensure_crds(kube, all_crds().values())
+            await apply_cluster_manifests(kube, admission_manifests())
+
+    asyncio.run(install())
 
 
 @pytest.fixture(scope="session")
@@ -33,13 +45,7 @@ def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
     cp = ControlPlane(tmp_path_factory.mktemp("controlplane"), ensure_binaries())
     cp.start()
     try:
-
-        async def install() -> None:
-            async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as kube:
-                await ensure_crds(kube, all_crds().values())
-                await apply_cluster_manifests(kube, admission_manifests())
-
-        asyncio.run(install())
+        install_toka(cp)
         yield cp
     finally:
         cp.stop()
@@ -101,12 +107,9 @@ class NodeAgentProcess:
         return ""
 
 
-@pytest.fixture(scope="session")
-def node_agent(
-    controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[NodeAgentProcess]:
-    """`toka node-agent` as its own process; Node toka-dev Ready before tests use it."""
-    root = tmp_path_factory.mktemp("node")
+@contextlib.contextmanager
+def running_node_agent(kubeconfig: Path, root: Path) -> Iterator[NodeAgentProcess]:
+    """`toka node-agent` as its own process; Node toka-dev Ready before it is yielded."""
     log = root.parent / f"{root.name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -118,16 +121,17 @@ def node_agent(
                 "--root",
                 str(root),
                 "--kubeconfig",
-                str(controlplane.admin_kubeconfig),
+                str(kubeconfig),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=die_with_parent,  # no orphan if pytest itself is killed
         )
 
     async def wait_ready() -> None:
-        async with AsyncKube(load_kubeconfig(controlplane.admin_kubeconfig)) as kube:
+        async with AsyncKube(load_kubeconfig(kubeconfig)) as kube:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
@@ -154,6 +158,15 @@ def node_agent(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def node_agent(
+    controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgentProcess]:
+    """The dev node agent on the shared control plane."""
+    with running_node_agent(controlplane.admin_kubeconfig, tmp_path_factory.mktemp("node")) as na:
+        yield na
 
 
 class OperatorProcess:
@@ -183,6 +196,7 @@ class OperatorProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"},
+                preexec_fn=die_with_parent,
             )
 
     def kill(self) -> None:
@@ -200,9 +214,26 @@ class OperatorProcess:
                 self.kill()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Remember each phase's outcome so fixtures can add their logs to a failure."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is None or report.failed
+
+
 @pytest.fixture
 def operator(
-    kubeconfig: Path, namespace: str, node_agent: NodeAgentProcess, tmp_path: Path
+    kubeconfig: Path,
+    namespace: str,
+    node_agent: NodeAgentProcess,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[OperatorProcess]:
     """The operator as its own process, watching this test's namespace only."""
     op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
@@ -211,3 +242,8 @@ def operator(
         yield op
     finally:
         op.stop()
+        if failed(request):
+            tail = op.log.read_text(errors="replace")[-6000:] if op.log.exists() else ""
+            print(f"--- operator log (last 6000 characters)\n{tail}")
+            node_log = node_agent.log.read_text(errors="replace")[-3000:]
+            print(f"--- node agent log (last 3000 characters)\n{node_log}")

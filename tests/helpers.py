@@ -34,21 +34,30 @@ async def wait_for(
                     return last
                 rv = last["metadata"]["resourceVersion"]
             except ApiError as err:
+                if err.status == 429 or err.status >= 500:
+                    await asyncio.sleep(0.5)  # an API server still starting: not the question
+                    continue
                 if not err.not_found:
                     raise
                 rv = None
-            async for event in kube.watch(
-                res,
-                namespace,
-                resource_version=rv,
-                field_selector=f"metadata.name={name}",
-                timeout_seconds=30,
-            ):
-                if event["type"] == "BOOKMARK":
-                    continue
-                last = event["object"]
-                if event["type"] != "DELETED" and predicate(last):
-                    return last
+            try:
+                async for event in kube.watch(
+                    res,
+                    namespace,
+                    resource_version=rv,
+                    field_selector=f"metadata.name={name}",
+                    timeout_seconds=30,
+                ):
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    last = event["object"]
+                    if event["type"] != "DELETED" and predicate(last):
+                        return last
+            except ApiError as err:
+                # A restarted API server forgot old versions (410) or is still starting.
+                if err.status not in (410, 429) and err.status < 500:
+                    raise
+                await asyncio.sleep(0.5)
 
     try:
         return await asyncio.wait_for(run(), timeout)

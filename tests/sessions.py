@@ -27,10 +27,10 @@ def finish(summary: str, status: str = "succeeded") -> JSON:
     }
 
 
-def call(name: str, **arguments: Any) -> JSON:
+def call(tool: str, /, **arguments: Any) -> JSON:
     return {
         "content": "",
-        "tool_calls": [{"id": f"c-{name}", "name": name, "arguments": arguments}],
+        "tool_calls": [{"id": f"c-{tool}", "name": tool, "arguments": arguments}],
         "stop_reason": "tool_use",
     }
 

@@ -1,5 +1,7 @@
 """The `toka` command: one entry point for every process Toka runs.
 
+    toka demo            a real session on the built-in dev cluster, with live progress
+    toka status          a session's agents, tasks, progress and tokens (any cluster)
     toka crds            write crds/*.yaml from the API models (--check: fail when stale)
     toka dev up|down     the development cluster, with the CRDs installed
     toka dev binaries    find or build the control plane (cached outside the clone)
@@ -87,6 +89,32 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from toka.console.demo import run
+
+    return run(
+        Path(args.state_dir),
+        keep=args.keep,
+        provider=args.provider,
+        namespace=args.namespace,
+        timeout=args.timeout,
+    )
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from toka.console.status import show
+    from toka.kube.config import ConfigError, from_env, load_kubeconfig
+
+    try:
+        config = load_kubeconfig(args.kubeconfig) if args.kubeconfig else from_env()
+    except ConfigError as err:
+        print(f"toka status: {err}", file=sys.stderr)
+        return 2
+    return asyncio.run(show(config, args.namespace, args.session, watch=args.watch))
+
+
 def _default_state_dir() -> str:
     import os
 
@@ -138,6 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("up", "serve"):
             p.add_argument("--no-node-agent", action="store_true", help="no pods will run")
     dev.set_defaults(handler=_cmd_dev)
+
+    demo = sub.add_parser(
+        "demo", help="run build-stabilization on the dev cluster and show it (make demo)"
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the cluster and operator up")
+    demo.add_argument(
+        "--provider",
+        choices=["anthropic", "openai", "openai-compatible"],
+        default=None,
+        help="a real LLM instead of the replay recordings (key from the environment)",
+    )
+    demo.add_argument("--namespace", "-n", default="toka-demo")
+    demo.add_argument("--timeout", type=float, default=900, help="seconds (default: 900)")
+    demo.add_argument("--state-dir", default=_default_state_dir(), help="dev cluster state")
+    demo.set_defaults(handler=_cmd_demo)
+
+    status = sub.add_parser("status", help="show a session's agents and progress")
+    status.add_argument("session", nargs="?", default=None, help="default: every session")
+    status.add_argument("--namespace", "-n", default="default")
+    status.add_argument("--watch", "-w", action="store_true", help="follow until it ends")
+    status.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
+    status.set_defaults(handler=_cmd_status)
 
     op = sub.add_parser("operator", help="run the operator (Kopf, one replica, standalone)")
     op.add_argument(

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import OperatorProcess
-from tests.helpers import wait_for
+from tests.conftest import NodeAgentProcess, OperatorProcess
+from tests.helpers import phase_is, wait_for
+from tests.sessions import call, finish, put_recordings, recording
 from toka.controller.builders.pod import KEY_DIR, TOKEN_DIR, WORKSPACE
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import (
@@ -250,3 +251,66 @@ async def test_a_user_who_cannot_read_a_secret_cannot_send_it_to_an_llm(
         allowed["spec"]["llm"]["apiKeySecretRef"]["name"] = "mine"
         created = await alice.create(AGENTS, allowed, namespace)
         assert created["metadata"]["name"] == "fine"
+
+
+async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess, node_agent: NodeAgentProcess
+) -> None:
+    key = "sk-ant-never-leaves-the-kernel-0123456789"
+    await kube.create(
+        SECRETS,
+        {
+            "metadata": {"name": "llm-key"},
+            "data": {"api-key": base64.b64encode(key.encode()).decode()},
+        },
+        namespace,
+    )
+    # What a program in `tools` could try: the kernel's paths, its own environment,
+    # other processes' environments, and a search of where secrets usually lie.
+    snoop = (
+        f"cat {TOKEN_DIR}/token {KEY_DIR}/api-key; env; "
+        "cat /proc/[0-9]*/environ | tr '\\0' '\\n'; "
+        f"timeout 30 grep -rIl -e {key} /run /var /etc /dev/shm /tmp; "
+        "ls -la /var/run/secrets /run/toka"
+    )
+    await put_recordings(
+        kube,
+        namespace,
+        "rec",
+        {
+            "snoop": recording(
+                "snoop",
+                {
+                    "t": [
+                        call("shell_exec", argv=["sh", "-c", f"({snoop}) > loot.txt 2>&1"]),
+                        finish("looked around"),
+                    ]
+                },
+            )
+        },
+    )
+    body = standalone(
+        "snoop",
+        capabilities=["llm:complete", "shell:exec:sh"],
+        llm={
+            "provider": "replay",
+            "replay": {"configMapRef": {"name": "rec", "key": "snoop.json"}},
+            "apiKeySecretRef": {"name": "llm-key", "key": "api-key"},
+        },
+    )
+    await kube.create(AGENTS, body, namespace)
+    done = await wait_for(
+        kube, AGENTS, "snoop", namespace, phase_is("Succeeded", "Failed"), timeout=90
+    )
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    pod = done["status"]["podName"]
+    pod_dir = next((node_agent.root / "pods").glob(f"{namespace}_{pod}_*"))
+    loot = (pod_dir / "volumes" / "workspace" / "loot.txt").read_text(errors="replace")
+    token = (pod_dir / "volumes" / "kube-api-access" / "token").read_text().strip()
+    # The program ran and looked (its own output is there) ...
+    assert "No such file or directory" in loot
+    assert "PATH=" in loot
+    # ... and found neither secret: they are not in its container.
+    assert key not in loot
+    assert token
+    assert token not in loot

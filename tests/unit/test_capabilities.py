@@ -84,6 +84,13 @@ PERMITS = [
     ("fs:read:docs/?.md", "fs", "read", "docs/ab.md", False),
     ("fs:read:a/**/z.txt", "fs", "read", "a/z.txt", True),
     ("fs:read:a/**/z.txt", "fs", "read", "a/b/c/z.txt", True),
+    # A directory listing (target "" or ending in "/") needs every name in it covered.
+    ("fs:read:**", "fs", "read", "src/", True),
+    ("fs:read:**", "fs", "read", "", True),
+    ("fs:read:src/**", "fs", "read", "src/", True),
+    ("fs:read:src/**", "fs", "read", "src/deep/", True),
+    ("fs:read:src/**", "fs", "read", "", False),
+    ("fs:read:src/*.md", "fs", "read", "src/", False),
     ("shell:exec:git", "shell", "exec", "git", True),
     ("shell:exec:git", "shell", "exec", "gitk", False),
     ("shell:exec:git", "shell", "exec", "/usr/bin/git", False),

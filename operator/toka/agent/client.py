@@ -60,7 +60,14 @@ class KernelClient:
         return await self._call("POST", "/v1/messages", {"type": type_, **fields})
 
     async def tool(self, name: str, args: JSON) -> tuple[int, JSON]:
-        resp = await self.http.post(f"/v1/tools/{name}", json=args)
+        return await self._answer(f"/v1/tools/{name}", args)
+
+    async def spawn(self, args: JSON) -> tuple[int, JSON]:
+        """Ask for a sub-agent; a refusal is an answer for the model, not an error."""
+        return await self._answer("/v1/messages", {**args, "type": "SpawnSubAgent"})
+
+    async def _answer(self, path: str, body: JSON) -> tuple[int, JSON]:
+        resp = await self.http.post(path, json=body)
         try:
             return resp.status_code, resp.json()
         except ValueError:

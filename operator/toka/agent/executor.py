@@ -21,6 +21,7 @@ from toka.agent.client import KernelClient, KernelError
 from toka.agent.inference import missing_capabilities
 from toka.agent.prompts import system_prompt, task_prompt
 from toka.api.capabilities import Grant
+from toka.logs import configure
 
 log = logging.getLogger("toka.agent")
 JSON = dict[str, Any]
@@ -152,8 +153,11 @@ class Executor:
         return TaskOutcome(False, f"no finish_task after {self.max_turns} turns")
 
     async def use_tool(self, call: JSON) -> str:
-        name = str(call["name"]).replace("_", ".", 1)
-        status, body = await self.kernel.tool(name, call.get("arguments") or {})
+        if call["name"] == "spawn_agent":
+            status, body = await self.kernel.spawn(call.get("arguments") or {})
+        else:
+            name = str(call["name"]).replace("_", ".", 1)
+            status, body = await self.kernel.tool(name, call.get("arguments") or {})
         if status >= 400:
             text = json.dumps({"error": body.get("error"), "message": body.get("message")})
         else:
@@ -174,5 +178,5 @@ async def run(addr: str) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure()
     return asyncio.run(run(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181")))

@@ -98,6 +98,9 @@ class Capability:
         if domain != self.domain or action != self.action:
             return False
         if self.domain == "fs":
+            if target == "" or target.endswith("/"):
+                # A directory listing shows every name in it: the grant must cover them all.
+                return glob_covers(self.scope, target + "*")
             return _glob_regex(self.scope).fullmatch(target) is not None
         if self.domain == "shell":
             return target == self.scope

@@ -561,6 +561,18 @@ class SessionRef(KubeModel):
     name: DnsLabel = Field(description="Name of the owning AgentSession.")
 
 
+class AgentLimits(KubeModel):
+    requests_per_minute: int | None = Field(
+        default=None, ge=0, description="This agent's current share of the session's rate."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Total tokens this agent may use: its usage so far plus its share of what "
+        "the session has left. The kernel stops LLM calls at this number.",
+    )
+
+
 class AgentSpec(AgentTemplate):
     """An Agent: the template fields plus what the operator resolves from its session."""
 
@@ -602,6 +614,11 @@ class AgentSpec(AgentTemplate):
         description="Delete the running pod and start none; on resume a new pod continues "
         "after the last completed task. Set by the session (suspend, FailFast, deadline) or "
         "by a user on a standalone Agent.",
+    )
+    limits: AgentLimits | None = Field(
+        default=None,
+        description="Rate and token budget of an Agent outside a session (standalone or "
+        "spawned). In a session the operator sets status.limits from the session's limits.",
     )
 
 
@@ -682,18 +699,6 @@ class RunStatus(KubeModel):
     )
 
 
-class AgentLimits(KubeModel):
-    requests_per_minute: int | None = Field(
-        default=None, ge=0, description="This agent's current share of the session's rate."
-    )
-    max_tokens: int | None = Field(
-        default=None,
-        ge=0,
-        description="Total tokens this agent may use: its usage so far plus its share of what "
-        "the session has left. The kernel stops LLM calls at this number.",
-    )
-
-
 class SpawnResult(KubeModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
         description="The spawn request answered."
@@ -701,6 +706,12 @@ class SpawnResult(KubeModel):
     agent: ObjectName | None = Field(default=None, description="Name of the child Agent.")
     accepted: bool = Field(description="Whether the child was created.")
     reason: ShortText | None = Field(default=None, description="Why it was refused.")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tokens carved out of this agent's budget for the child "
+        "(subtracted from status.limits.maxTokens).",
+    )
 
 
 class AgentStatus(KubeModel):

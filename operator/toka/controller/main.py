@@ -13,7 +13,6 @@ One replica, `--standalone` (no peering); liveness on Kopf's probe endpoint.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 
 import kopf
@@ -21,6 +20,7 @@ import kopf
 from toka.controller import handlers  # noqa: F401  (registers the handlers)
 from toka.controller.builders.pod import PodConfig
 from toka.controller.runtime import OperatorConfig
+from toka.logs import configure
 
 
 def run(
@@ -31,10 +31,7 @@ def run(
     stop_flag: asyncio.Event | None = None,
     verbose: bool = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    configure(verbose=verbose)
     config = OperatorConfig(pod=PodConfig(image=image) if image else PodConfig())
     kopf.run(
         standalone=True,

@@ -36,7 +36,7 @@ from toka.controller.io import (
     patch_status,
     post_event,
 )
-from toka.controller.reconcile.agent import compute_agent_plan
+from toka.controller.reconcile.agent import compute_agent_plan, refuse_conflicting_child
 from toka.controller.reconcile.session import compute_session_plan
 from toka.kube.client import (
     AGENTS,
@@ -181,6 +181,12 @@ class Runtime:
             await ensure_created(
                 self.kube, PODS, build_agent_pod(body, plan.create_attempt, self.config.pod)
             )
+        # Children before the answers: a crash in between re-answers and adopts the child.
+        for child in plan.create_children:
+            try:
+                await ensure_created(self.kube, AGENTS, child)
+            except OwnershipConflict as err:
+                refuse_conflicting_child(plan, child["metadata"]["name"], str(err))
         new_status = plan.status.wire()
         if new_status != _comparable(status):
             # Never `run`: that is the kernel's.

@@ -10,6 +10,7 @@ state directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from toka.kube.config import load_kubeconfig
 from toka.kube.crds import apply_cluster_manifests, ensure_crds
 
 STATE_FILE = "state.json"
+OPERATOR_PID = "operator.pid"
 
 
 def default_state_dir() -> Path:
@@ -42,6 +44,28 @@ def _state(state_dir: Path) -> dict[str, object] | None:
         return None
     data: dict[str, object] = json.loads(path.read_text())
     return data
+
+
+def running(state_dir: Path) -> bool:
+    state = _state(state_dir)
+    return state is not None and _alive(int(str(state["pid"])))
+
+
+def read_state(state_dir: Path) -> dict[str, object]:
+    state = _state(state_dir)
+    if state is None:
+        raise RuntimeError(f"no dev cluster state in {state_dir}: run `toka dev up`")
+    return state
+
+
+def stop_operator(state_dir: Path) -> None:
+    """The operator `toka demo` started (and `--keep` left running), if any."""
+    pid_file = state_dir / OPERATOR_PID
+    if not pid_file.exists():
+        return
+    with contextlib.suppress(ProcessLookupError, ValueError):
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    pid_file.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -105,6 +129,7 @@ def up(state_dir: Path, *, with_node_agent: bool = True, timeout: float = 120) -
 
 
 def down(state_dir: Path, timeout: float = 30) -> int:
+    stop_operator(state_dir)
     state = _state(state_dir)
     if state is None:
         print("no dev cluster is running")

@@ -52,12 +52,15 @@ from toka.kube.client import (
     AsyncKube,
 )
 from toka.kube.config import KubeConfig, load_kubeconfig
+from toka.logs import configure
 
 log = logging.getLogger("toka.nodeagent")
 
 NODE_NAME = "toka-dev"
 AGENT_LABEL = "toka.dev/agent"
 DEFAULT_IMAGES = ("ghcr.io/toka-dev/toka", "toka")
+# What Toka's "image" is on the dev node: this Python environment and the package source.
+TOKA_RUNTIME_PATHS = sorted({sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])})
 KUBELET_VERSION = "v1.35.4"
 SA_TOKEN_MIN_SECONDS = 600
 IMAGE_BACKOFF_SECONDS = 2.0
@@ -636,6 +639,7 @@ class PodRuntime:
             "cwd": spec.get("workingDir") or "/",
             "mounts": mounts,
             "hide": [str(p) for p in self.agent.hidden_paths],
+            "keep": TOKA_RUNTIME_PATHS,
             "readOnlyRoot": bool(sc.get("readOnlyRootFilesystem")),
             "uid": uid,
             "gid": gid,
@@ -1183,7 +1187,7 @@ def require_root() -> None:
 
 def main(root: Path, kubeconfig: str | None) -> int:
     require_root()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if not path:
         raise SystemExit("toka node-agent: give --kubeconfig or set KUBECONFIG")

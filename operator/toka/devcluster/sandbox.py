@@ -9,7 +9,8 @@ Secrets). Then, in a new mount namespace:
 2. /proc, /dev, /sys bound in; each volume bound at its mount path
    (read-only where the pod says so);
 3. tmpfs over the paths the container must not see: every pod's volumes and
-   the cluster's own credentials;
+   the cluster's own credentials; Toka's own Python environment and source
+   bound back read-only if a volume (an emptyDir at /tmp, say) shadowed them;
 4. the root made read-only when `readOnlyRootFilesystem` is set;
 5. chroot, then groups, gid and uid dropped to the pod's securityContext,
    a parent-death signal, and exec of the container's argv.
@@ -123,6 +124,16 @@ def enter(spec: dict[str, object]) -> None:
         source, target = str(m["source"]), _inside(root, str(m["target"]))
         _ensure_target(target, os.path.isfile(source))
         bind(source, target, read_only=bool(m.get("readOnly")))
+    hidden = [str(h) for h in spec.get("hide", [])]  # type: ignore[attr-defined]
+    for keep in spec.get("keep", []):  # type: ignore[attr-defined]
+        # Toka's own Python and source, when a volume (say /tmp) shadows where they live:
+        # the image's program must still run. Never when that would re-expose a hidden path.
+        keep = str(keep)
+        target = _inside(root, keep)
+        covers_hidden = any(h == keep or h.startswith(keep.rstrip("/") + "/") for h in hidden)
+        if os.path.isdir(keep) and not os.path.isdir(target) and not covers_hidden:
+            _ensure_target(target, False)
+            bind(keep, target, read_only=True)
     uid = spec.get("uid")
     if isinstance(uid, int) and uid != 0:
         # The host keeps Python under /root (0700): let a non-root user through,

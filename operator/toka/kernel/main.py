@@ -29,6 +29,7 @@ from toka.llm.errors import LLMError
 from toka.llm.metrics import GatewayMetrics
 from toka.llm.ratelimit import TokenBucket, TokenBudget
 from toka.llm.sanitize import Redactor
+from toka.logs import configure
 
 log = logging.getLogger("toka.kernel")
 POLL_SECONDS = 5.0
@@ -175,7 +176,7 @@ async def serve(config: KubeConfig | None = None) -> None:
     log.info("stopping: writing the last report")
     kernel.ready = False
     poller.cancel()
-    if not await reporter.close(writer):
+    if not await reporter.close(writer, float(os.environ.get("TOKA_SHUTDOWN_SECONDS", "10"))):
         log.warning("stopping with an unwritten report (the API server did not answer)")
     await runner.cleanup()
     if metrics_runner is not None:
@@ -186,6 +187,6 @@ async def serve(config: KubeConfig | None = None) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure()
     asyncio.run(serve())
     return 0

@@ -19,20 +19,20 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import httpx
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
-from toka.api.base import MAX_DESCRIPTION, MAX_NAME
+from toka.api.base import MAX_CAPABILITIES, MAX_DESCRIPTION, MAX_NAME
 from toka.api.capabilities import CapabilityError, parse
 from toka.api.models import AgentSpec, SpawnRequest, TaskSpec
 from toka.kernel.netfetch import FetchRefused, Resolve, fetch, system_resolve
 from toka.kernel.policy import Policy
 from toka.kernel.reporter import Reporter
-from toka.kernel.tooldefs import FINISH_TASK, TOOLS
+from toka.kernel.tooldefs import FINISH_TASK, SPAWN_AGENT, TOOLS, ToolDef
 from toka.llm import (
     BudgetExceeded,
     ChatMessage,
@@ -109,7 +109,9 @@ class SpawnSubAgent(_Strict):
             min_length=1, max_length=MAX_NAME, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
         ),
     ]
-    capabilities: list[Annotated[str, StringConstraints(max_length=256)]] = Field(max_length=64)
+    capabilities: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=list, max_length=MAX_CAPABILITIES
+    )
     tasks: list[NewTask] = Field(min_length=1, max_length=16)
 
 
@@ -128,6 +130,20 @@ Message = Annotated[
     | ScheduleAgentTask,
     Field(discriminator="type"),
 ]
+
+
+MESSAGE_TYPES = frozenset(
+    get_args(m.model_fields["type"].annotation)[0]
+    for m in (
+        EmitObservation,
+        ReportProgress,
+        TaskStarted,
+        TaskCompleted,
+        TaskFailed,
+        SpawnSubAgent,
+        ScheduleAgentTask,
+    )
+)
 
 
 class _Envelope(BaseModel):
@@ -299,6 +315,7 @@ class Kernel:
                 "capabilities": self.policy.grant.strings(),
                 "handoff": [h.wire() for h in spec.handoff or []],
                 "tools": [t.model_dump() for t in self.allowed_tools()]
+                + ([SPAWN_AGENT.model_dump()] if "agent:spawn" in self.policy.grant else [])
                 + [FINISH_TASK.model_dump()],
                 "llm": {
                     "model": llm.model if llm else None,
@@ -316,20 +333,11 @@ class Kernel:
             msg = _Envelope.model_validate({"message": body}).message
         except ValidationError as err:
             kind = body.get("type") if isinstance(body, dict) else None
-            known = {
-                "EmitObservation",
-                "ReportProgress",
-                "TaskStarted",
-                "TaskCompleted",
-                "TaskFailed",
-                "SpawnSubAgent",
-                "ScheduleAgentTask",
-            }
-            if kind not in known:
+            if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
                 return _error(
                     400,
                     "unknown_operation",
-                    f"type must be one of {', '.join(sorted(known))}, not {kind!r}",
+                    f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}, not {kind!r:.100}",
                 )
             return _error(422, "invalid", _validation(err))
         self.messages.labels(msg.type).inc()
@@ -414,19 +422,56 @@ class Kernel:
         self.decisions.labels(name, "allow" if decision.allowed else "deny").inc()
         if not decision.allowed:
             return _error(403, "denied", decision.reason)
+        if tool.domain == "fs":
+            refused = await self._check_symlink_target(name, tool, args, target)
+            if refused is not None:
+                return refused
         if name == "http.fetch":
             return await self._fetch(args)
+        answer = await self._call_tools(name, args)
+        if isinstance(answer, web.Response):
+            return answer
+        return web.json_response(answer)
+
+    async def _call_tools(self, name: str, args: JSON) -> JSON | web.Response:
+        """The tools sidecar's answer, or its refusal as the kernel's own 4xx: a 403 there
+        (a symlink out of the workspace) is a denial like any other."""
         try:
             resp = await self._tools.post(f"/{name}", json=args)
+            data = resp.json()
         except httpx.HTTPError as err:
             return _error(
                 503, "tools_unavailable", f"the tools sidecar did not answer: {type(err).__name__}"
             )
-        try:
-            data = resp.json()
         except ValueError:
             return _error(502, "tools_error", "the tools sidecar sent an unreadable answer")
-        return web.json_response(data, status=resp.status_code)
+        if resp.status_code == 200 and isinstance(data, dict):
+            return data
+        message = str(data.get("error") if isinstance(data, dict) else data)[:1000]
+        if resp.status_code == 403:
+            decision = self.policy.deny(name, message, target=args.get("path"))
+            self.decisions.labels(name, "deny").inc()
+            return _error(403, "denied", decision.reason)
+        reason = {404: "not_found", 413: "too_large"}.get(resp.status_code, "tool_failed")
+        return _error(resp.status_code if resp.status_code < 500 else 502, reason, message)
+
+    async def _check_symlink_target(
+        self, name: str, tool: ToolDef, args: JSON, target: str
+    ) -> web.Response | None:
+        """A grant names paths, so a symlink must not lead outside it: the real target is
+        checked too. `fs:read:public/**` does not read `public/link` → `private/key`."""
+        resolved = await self._call_tools("fs.resolve", {"path": args.get("path") or ""})
+        if isinstance(resolved, web.Response):
+            return resolved
+        real = str(resolved.get("path", ""))
+        real_target = tool.target({**args, "path": real})
+        if _normal(real_target) == _normal(target):
+            return None
+        decision = self.policy.check(name, tool.domain, tool.action, real_target, via=target)
+        self.decisions.labels(name, "allow" if decision.allowed else "deny").inc()
+        if decision.allowed:
+            return None
+        return _error(403, "denied", f"{target!r} leads to {real!r}: {decision.reason}")
 
     async def _fetch(self, args: JSON) -> web.Response:
         def allow(host: str) -> bool:
@@ -722,6 +767,10 @@ def _to_openai(completion: Completion, req: CompletionRequest) -> JSON:
             "total_tokens": completion.usage.total,
         },
     }
+
+
+def _normal(path: str) -> str:
+    return "/".join(p for p in path.split("/") if p not in ("", "."))
 
 
 def _bad_path(path: str) -> str | None:

@@ -156,6 +156,40 @@ FINISH_TASK = ToolSpec(
     },
 )
 
+# A message to the kernel (SpawnSubAgent), offered as a tool when the agent holds agent:spawn.
+SPAWN_AGENT = ToolSpec(
+    name="spawn_agent",
+    description="Ask for a sub-agent with its own tasks. Its capabilities must each be equal "
+    "to or narrower than one of yours; the operator decides and creates it.",
+    parameters={
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"},
+            "capabilities": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {"type": "string", "maxLength": 256},
+            },
+            "tasks": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 16,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 63},
+                        "description": {"type": "string", "minLength": 1, "maxLength": 4096},
+                    },
+                    "required": ["name", "description"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["name", "tasks"],
+        "additionalProperties": False,
+    },
+)
+
 
 def _dir(path: str) -> str:
     """Listing a directory reads the names under it: `src` is checked as `src/`."""

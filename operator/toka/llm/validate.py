@@ -3,12 +3,13 @@ empty answers and refusals.
 
 Tool schemas are ours (the kernel's tools) and use a small JSON Schema
 subset: type, properties, required, additionalProperties, enum, items,
-minLength/maxLength, minimum/maximum. Checking that subset needs no
+minItems/maxItems, minLength/maxLength, pattern, minimum/maximum. Checking that subset needs no
 dependency; an unknown keyword is ignored rather than guessed at.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from toka.llm.errors import InvalidResponse
@@ -47,6 +48,8 @@ def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[s
             errors.append(f"{path}: longer than {schema['maxLength']}")
         if "minLength" in schema and len(value) < schema["minLength"]:
             errors.append(f"{path}: shorter than {schema['minLength']}")
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            errors.append(f"{path}: does not match {schema['pattern']}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             errors.append(f"{path}: below {schema['minimum']}")
@@ -60,6 +63,11 @@ def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[s
                 errors += schema_errors(item, props[key], f"{path}.{key}")
             elif schema.get("additionalProperties") is False:
                 errors.append(f"{path}.{key}: not allowed")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{path}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{path}: more than {schema['maxItems']} items")
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             errors += schema_errors(item, schema["items"], f"{path}[{i}]")

@@ -145,7 +145,21 @@ def shell_exec(workspace: Path, args: JSON) -> JSON:
     }
 
 
-OPS = {"fs.read": fs_read, "fs.write": fs_write, "fs.list": fs_list, "shell.exec": shell_exec}
+def fs_resolve(workspace: Path, args: JSON) -> JSON:
+    """Where a path really leads, relative to the workspace, so that the kernel can check
+    its grant against the target of a symlink too (a textual grant is not enough)."""
+    full = confine(workspace, args.get("path") or "", allow_root=True)
+    real = Path(os.path.realpath(full)).relative_to(workspace.resolve())
+    return {"path": "" if str(real) == "." else str(real)}
+
+
+OPS = {
+    "fs.read": fs_read,
+    "fs.write": fs_write,
+    "fs.list": fs_list,
+    "fs.resolve": fs_resolve,
+    "shell.exec": shell_exec,
+}
 
 
 def seed(workspace: Path, seed_dir: str | None, git_url: str | None, git_ref: str | None) -> str:

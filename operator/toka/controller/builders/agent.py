@@ -6,18 +6,23 @@ from typing import Any
 
 from toka.api.base import GROUP_VERSION
 from toka.api.models import (
+    Agent,
+    AgentLimits,
     AgentSession,
     AgentSpec,
     AgentTemplate,
     HandoffEntry,
     LLMSpec,
     SessionRef,
+    SpawnRequest,
 )
 from toka.controller.builders.meta import owner_reference
 from toka.controller.builders.names import (
     LABEL_AGENT,
     LABEL_MANAGED_BY,
+    LABEL_PARENT,
     LABEL_SESSION,
+    LABEL_SPAWN_DEPTH,
     LABEL_WORKSTREAM,
     MANAGED_BY,
     agent_object_name,
@@ -57,21 +62,63 @@ def build_agent(session_body: JSON, template: AgentTemplate, handoff: list[Hando
         pod_template=session.spec.pod_template,
         suspend=session.spec.suspend,
     )
-    labels = {
-        LABEL_SESSION: session_body["metadata"]["name"],
-        LABEL_AGENT: name,
-        LABEL_MANAGED_BY: MANAGED_BY,
-    }
-    if session.spec.workstream:
-        labels[LABEL_WORKSTREAM] = session.spec.workstream
+    return _agent_manifest(
+        name, session_body, spec, {LABEL_SESSION: session_body["metadata"]["name"]}
+    )
+
+
+def _agent_manifest(name: str, owner: JSON, spec: AgentSpec, labels: dict[str, str]) -> JSON:
+    """An Agent owned (and garbage-collected) by `owner`, in its namespace."""
+    labels = {**labels, LABEL_AGENT: name, LABEL_MANAGED_BY: MANAGED_BY}
+    if spec.workstream:
+        labels[LABEL_WORKSTREAM] = spec.workstream
     return {
         "apiVersion": GROUP_VERSION,
         "kind": "Agent",
         "metadata": {
             "name": name,
-            "namespace": session_body["metadata"]["namespace"],
+            "namespace": owner["metadata"]["namespace"],
             "labels": labels,
-            "ownerReferences": [owner_reference(session_body)],
+            "ownerReferences": [owner_reference(owner)],
         },
         "spec": spec.wire(),
     }
+
+
+def build_child_agent(
+    parent_body: JSON, request: SpawnRequest, depth: int, limits: AgentLimits | None
+) -> JSON:
+    """The Agent a spawn request asked for: the parent's settings, the request's grant and
+    tasks, owned by the parent so that it goes when the parent goes."""
+    parent = Agent.model_validate(parent_body)
+    meta = parent_body["metadata"]
+    name = agent_object_name(meta["name"], request.name)
+    llm = parent.spec.llm
+    if llm is not None and llm.replay is not None:
+        # The parent's recording key names the parent; the child has its own.
+        ref = llm.replay.config_map_ref.model_copy(update={"key": None})
+        llm = resolve_llm(
+            llm.model_copy(
+                update={"replay": llm.replay.model_copy(update={"config_map_ref": ref})}
+            ),
+            None,
+            request.name,
+        )
+    spec = AgentSpec(
+        name=request.name,
+        domain=parent.spec.domain,
+        capabilities=request.capabilities,
+        tasks=request.tasks,
+        llm=llm,
+        resources=parent.spec.resources,
+        image=parent.spec.image,
+        tools_image=parent.spec.tools_image,
+        timeout_seconds=parent.spec.timeout_seconds,
+        workstream=parent.spec.workstream,
+        workspace=parent.spec.workspace,
+        pod_template=parent.spec.pod_template,
+        limits=limits,
+    )
+    return _agent_manifest(
+        name, parent_body, spec, {LABEL_PARENT: meta["name"], LABEL_SPAWN_DEPTH: str(depth)}
+    )

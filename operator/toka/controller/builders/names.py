@@ -11,6 +11,8 @@ LABEL_AGENT = "toka.dev/agent"
 LABEL_SESSION = "toka.dev/session"
 LABEL_WORKSTREAM = "toka.dev/workstream"
 LABEL_ATTEMPT = "toka.dev/attempt"
+LABEL_PARENT = "toka.dev/parent"
+LABEL_SPAWN_DEPTH = "toka.dev/spawn-depth"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "toka"
 

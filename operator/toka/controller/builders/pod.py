@@ -51,6 +51,8 @@ class PodConfig:
     token_seconds: int = 3600
     workspace_size: str = "1Gi"
     heartbeat_seconds: int = 10
+    # Long enough for the kernel to get its last report out through a short API outage.
+    termination_grace_seconds: int = 60
 
 
 def _security(uid: int) -> JSON:
@@ -127,6 +129,11 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         _field("TOKA_POD_IP", "status.podIP"),
         {"name": "TOKA_METRICS_ADDR", "value": f"$(TOKA_POD_IP):{config.metrics_port}"},
         {"name": "TOKA_HEARTBEAT_SECONDS", "value": str(config.heartbeat_seconds)},
+        # Keep retrying the last report until just before the kubelet's SIGKILL.
+        {
+            "name": "TOKA_SHUTDOWN_SECONDS",
+            "value": str(max(1, config.termination_grace_seconds - 5)),
+        },
     ]
     kernel_mounts: list[JSON] = [
         {"name": "kube-api-access", "mountPath": TOKEN_DIR, "readOnly": True},
@@ -208,7 +215,7 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": 15,
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
         "securityContext": {
             "runAsNonRoot": True,
             "fsGroup": KERNEL_UID,

@@ -12,8 +12,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from toka.api.conditions import Condition, make_condition, merge_conditions, truncate
-from toka.api.models import Agent, AgentLimits, AgentPhase, AgentStatus, TaskState
+from toka.api.models import (
+    Agent,
+    AgentLimits,
+    AgentPhase,
+    AgentStatus,
+    SpawnResult,
+    TaskState,
+)
 from toka.controller.builders.names import attempt_of
+from toka.controller.reconcile.spawn import carved_tokens, compute_spawn_plan
 
 JSON = dict[str, Any]
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
@@ -31,6 +39,7 @@ WARN_REASONS = (
 @dataclass
 class AgentPlan:
     create_attempt: int | None = None
+    create_children: list[JSON] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     status: AgentStatus = field(default_factory=AgentStatus)
     events: list[tuple[str, str, str]] = field(default_factory=list)
@@ -258,18 +267,34 @@ def compute_agent_plan(
     terminal = phase in (AgentPhase.SUCCEEDED, AgentPhase.FAILED)
     if terminal and completion is None:
         completion = now
+    limits = _effective_limits(share or spec.limits, prev)
+    spawn = compute_spawn_plan(body, limits)
+    plan.create_children = spawn.create
+    plan.events += spawn.events
+    limits = _effective_limits(share or spec.limits, prev, spawn.results)
+    refused = [r for r in spawn.results if not r.accepted]
+    if spawn.results:
+        conditions.append(
+            cond(
+                "SpawnRefused",
+                bool(refused),
+                (refused[-1].reason or "Refused").split(":", 1)[0] if refused else "NoRefusals",
+                f"{len(refused)} of {len(spawn.results)} spawn requests refused"
+                + (f"; last: {refused[-1].reason}" if refused else ""),
+            )
+        )
     plan.status = AgentStatus(
         observed_generation=generation,
         phase=phase,
         conditions=merge_conditions(prev.conditions, conditions),
-        limits=share or prev.limits,
+        limits=limits,
         pod_name=(
             f"{name}-{plan.create_attempt}"
             if plan.create_attempt
             else (current["metadata"]["name"] if current else prev.pod_name)
         ),
         attempts=attempts or None,
-        spawn_results=prev.spawn_results,
+        spawn_results=spawn.results or None,
         start_time=start_time,
         completion_time=completion,
         message=truncate(message),
@@ -287,6 +312,32 @@ def compute_agent_plan(
         if bad and before.get(c.type) != (c.status, c.reason):
             plan.events.append(("Warning", c.reason, c.message))
     return plan
+
+
+def refuse_conflicting_child(plan: AgentPlan, child: str, why: str) -> None:
+    """Turn an accepted spawn into a refusal when its name belongs to another object."""
+    for i, result in enumerate(plan.status.spawn_results or []):
+        if result.accepted and result.agent == child:
+            (plan.status.spawn_results or [])[i] = SpawnResult(
+                id=result.id, accepted=False, reason=f"NameConflict: {why}"
+            )
+            plan.events.append(("Warning", "SpawnRefused", f"spawn request {result.id}: {why}"))
+
+
+def _effective_limits(
+    base: AgentLimits | None, prev: AgentStatus, results: list[SpawnResult] | None = None
+) -> AgentLimits | None:
+    """The agent's share (or its spec's limits) less the tokens given to its children.
+
+    With neither known (a restarted operator before the session's first
+    reconcile), the limits already written stay: they were carved then.
+    """
+    if base is None:
+        return prev.limits
+    results = prev.spawn_results if results is None else results
+    if base.max_tokens is None:
+        return base
+    return base.model_copy(update={"max_tokens": max(0, base.max_tokens - carved_tokens(results))})
 
 
 def _started_at(container: JSON) -> datetime | None:

@@ -1,0 +1,1 @@
+"""What a person sees: `toka status` and `toka demo` (rich)."""
