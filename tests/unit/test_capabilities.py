@@ -128,6 +128,7 @@ COVERS = [
     ("fs:read:src/**", "fs:read:src/a/*.py", True),
     ("fs:read:src/**", "fs:read:src/**", True),
     ("fs:read:src/**", "fs:read:**", False),
+    ("fs:read:src/**", "fs:read:src", False),  # the directory's name is not below it
     ("fs:read:src/*.py", "fs:read:src/**", False),
     ("fs:read:src/*.py", "fs:read:src/a*.py", True),
     ("fs:read:src/?.py", "fs:read:src/a.py", True),

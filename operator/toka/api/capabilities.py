@@ -209,7 +209,11 @@ def _segments_cover(parent: tuple[str, ...], child: tuple[str, ...]) -> bool:
         return not child
     head, rest = parent[0], parent[1:]
     if head == "**":
-        # `**` absorbs zero or more of the child's segments, including its own `**`.
+        if not rest:
+            # A trailing `**` matches below its directory, never the directory itself:
+            # `a/**` does not cover a file named `a`.
+            return bool(child)
+        # Elsewhere `**` absorbs zero or more of the child's segments, including its own `**`.
         return any(_segments_cover(rest, child[i:]) for i in range(len(child) + 1))
     if not child or child[0] == "**":
         return False
