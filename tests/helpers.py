@@ -34,7 +34,7 @@ async def wait_for(
                     return last
                 rv = last["metadata"]["resourceVersion"]
             except ApiError as err:
-                if err.status == 429 or err.status >= 500:
+                if err.transient:
                     await asyncio.sleep(0.5)  # an API server still starting: not the question
                     continue
                 if not err.not_found:
@@ -55,7 +55,7 @@ async def wait_for(
                         return last
             except ApiError as err:
                 # A restarted API server forgot old versions (410) or is still starting.
-                if err.status not in (410, 429) and err.status < 500:
+                if err.status != 410 and not err.transient:
                     raise
                 await asyncio.sleep(0.5)
 

@@ -119,6 +119,7 @@ class Recorder:
     events: list[Seen] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _uids: set[tuple[str, str]] = field(default_factory=set)
 
     async def __aenter__(self) -> Recorder:
         for kind, res in (("agent", AGENTS), ("pod", PODS)):
@@ -139,10 +140,16 @@ class Recorder:
                     obj = event["object"]
                     meta = obj["metadata"]
                     phase = (obj.get("status") or {}).get("phase")
+                    kind_uid = (kind, meta["uid"])
+                    # A relist shows known objects as ADDED again: that is not a creation.
+                    type_ = event["type"]
+                    if type_ == "ADDED" and kind_uid in self._uids:
+                        type_ = "RELISTED"
+                    self._uids.add(kind_uid)
                     self.events.append(
                         Seen(
                             kind,
-                            event["type"],
+                            type_,
                             meta["name"],
                             meta["uid"],
                             phase,

@@ -6,7 +6,11 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
+import sys
 import textwrap
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -527,3 +531,44 @@ async def test_rbac_is_enforced_a_service_account_without_binding_gets_403(
             await nobody.list(PODS, namespace)
     assert err.value.status == 403
     assert f"system:serviceaccount:{namespace}:nobody" in err.value.message
+
+
+@pytest.mark.parametrize("start", [1, 2, 3])
+def test_a_program_under_a_shadowed_directory_still_runs_on_every_start(
+    tmp_path: Path, start: int
+) -> None:
+    """Toka's own Python may live under /tmp, where a pod mounts an emptyDir: the sandbox
+    binds it back, on a restart too (the mount point is then already in the volume)."""
+    runtime = tmp_path / "clone" / "runtime"
+    runtime.mkdir(parents=True)
+    program = runtime / "hello"
+    program.write_text("#!/bin/sh\necho hello from the runtime\n")
+    program.chmod(0o755)
+    volume = tmp_path / "volume"
+    volume.mkdir(exist_ok=True)
+    volume.chmod(0o777)
+    out = ""
+    for _ in range(start):
+        spec = tmp_path / f"spec-{uuid.uuid4().hex}.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "argv": [str(program)],
+                    "env": {"PATH": "/usr/bin:/bin"},
+                    "cwd": "/",
+                    "mounts": [{"source": str(volume), "target": str(tmp_path / "clone")}],
+                    "hide": [],
+                    "keep": [str(runtime)],
+                    "scratch": str(tmp_path / "scratch" / uuid.uuid4().hex),
+                }
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "toka.devcluster.sandbox", str(spec)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        out = done.stdout + done.stderr
+    assert out.strip() == "hello from the runtime"

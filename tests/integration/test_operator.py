@@ -8,6 +8,7 @@ the real components.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -312,6 +313,38 @@ async def test_deleting_a_session_removes_everything_it_created(
         (ROLEBINDINGS, "gc-a"),
     ):
         await wait_gone(kube, res, name, namespace, timeout=60)
+
+
+async def test_pod_template_shapes_the_pods_and_ttl_removes_them_after_the_end(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess
+) -> None:
+    await put_recordings(kube, namespace, "rec", {"a": recording("a", {"t": [finish("ok")]})})
+    template = {
+        "nodeSelector": {"toka.dev/dev-node": "true"},
+        "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule"}
+        ],
+        "imagePullSecrets": [{"name": "registry"}],
+        "serviceAccount": {"annotations": {"iam.example.com/role": "agents"}},
+    }
+    body = session("ttl", [agent("a")], podTemplate=template, ttlSecondsAfterFinished=3)
+    async with Recorder(kube, namespace) as seen:
+        done = await run_session(kube, namespace, body)
+        assert done["status"]["phase"] == "Succeeded"
+        await wait_gone(kube, PODS, "ttl-a-1", namespace, timeout=30)
+    finished = datetime.fromisoformat(done["status"]["completionTime"].replace("Z", "+00:00"))
+    deleted = next(e for e in seen.events if e.kind == "pod" and e.type == "DELETED")
+    assert deleted.obj["metadata"]["deletionTimestamp"] >= (
+        (finished + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    pod = next(e.obj for e in seen.events if e.kind == "pod" and e.name == "ttl-a-1")
+    assert pod["spec"]["nodeSelector"] == {"toka.dev/dev-node": "true"}
+    assert template["tolerations"][0] in pod["spec"]["tolerations"]
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+    account = await kube.get(SERVICEACCOUNTS, "ttl-a", namespace)
+    assert account["metadata"]["annotations"]["iam.example.com/role"] == "agents"
+    # The Agents and their status stay: only the pods go.
+    assert (await kube.get(AGENTS, "ttl-a", namespace))["status"]["phase"] == "Succeeded"
 
 
 async def test_a_dependency_cycle_is_named_and_nothing_is_created(

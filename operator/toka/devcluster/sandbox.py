@@ -103,6 +103,11 @@ def _ensure_target(path: str, is_file: bool) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def _under(path: str, top: str) -> bool:
+    top = top.rstrip("/") or "/"
+    return path == top or path.startswith(top + "/") or top == "/"
+
+
 def enter(spec: dict[str, object]) -> None:
     """Everything up to exec; raises OSError with the step that failed."""
     scratch = str(spec["scratch"])
@@ -125,13 +130,16 @@ def enter(spec: dict[str, object]) -> None:
         _ensure_target(target, os.path.isfile(source))
         bind(source, target, read_only=bool(m.get("readOnly")))
     hidden = [str(h) for h in spec.get("hide", [])]  # type: ignore[attr-defined]
+    shadows = hidden + [str(m["target"]) for m in spec.get("mounts", [])]  # type: ignore[attr-defined]
     for keep in spec.get("keep", []):  # type: ignore[attr-defined]
         # Toka's own Python and source, when a volume (say /tmp) shadows where they live:
         # the image's program must still run. Never when that would re-expose a hidden path.
+        # Decided from the paths, not from what exists: a restart, or an exec probe sharing
+        # the volume, finds the mount point left in it by an earlier start.
         keep = str(keep)
-        target = _inside(root, keep)
-        covers_hidden = any(h == keep or h.startswith(keep.rstrip("/") + "/") for h in hidden)
-        if os.path.isdir(keep) and not os.path.isdir(target) and not covers_hidden:
+        shadowed = any(_under(keep, s) for s in shadows)
+        if shadowed and os.path.isdir(keep) and not any(_under(h, keep) for h in hidden):
+            target = _inside(root, keep)
             _ensure_target(target, False)
             bind(keep, target, read_only=True)
     uid = spec.get("uid")

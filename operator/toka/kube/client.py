@@ -91,6 +91,11 @@ class ApiError(Exception):
     def conflict(self) -> bool:
         return self.status == 409
 
+    @property
+    def transient(self) -> bool:
+        """Worth retrying as is: throttled, or the API server starting or failing."""
+        return self.status == 429 or self.status >= 500
+
 
 def _error(resp: httpx.Response) -> ApiError:
     try:
@@ -319,8 +324,8 @@ class AsyncKube:
         field_selector: str | None = None,
         stop: asyncio.Event | None = None,
     ) -> AsyncIterator[JSON]:
-        """Every object as ADDED from a list, then watch events; relists on 410 and on
-        connection failures, forever (an informer's loop)."""
+        """Every object as ADDED from a list, then watch events; relists on 410, on
+        429/5xx and on connection failures, forever (an informer's loop)."""
         while stop is None or not stop.is_set():
             try:
                 listing = await self.list(
@@ -328,6 +333,11 @@ class AsyncKube:
                 )
             except (httpx.TransportError, httpx.StreamError):
                 await asyncio.sleep(0.5)
+                continue
+            except ApiError as err:
+                if not err.transient:
+                    raise
+                await asyncio.sleep(1.0)
                 continue
             rv = listing["metadata"]["resourceVersion"]
             for item in listing.get("items", []):
@@ -345,7 +355,9 @@ class AsyncKube:
                         if event["type"] != "BOOKMARK":
                             yield event
             except ApiError as err:
-                if err.status != 410:
+                if err.status != 410 and not err.transient:
                     raise
+                if err.transient:
+                    await asyncio.sleep(1.0)
             except (httpx.TransportError, httpx.StreamError):
                 await asyncio.sleep(0.5)
