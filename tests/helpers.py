@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from toka.kube.client import ApiError, AsyncKube, Resource
+from toka.kube.client import EVENTS, ApiError, AsyncKube, Resource
 
 JSON = dict[str, Any]
 TOKA_IMAGE = "ghcr.io/toka-dev/toka:dev"
@@ -115,3 +115,18 @@ def toka_pod(name: str, containers: list[JSON], **spec: Any) -> JSON:
 def py(name: str, code: str, **extra: Any) -> JSON:
     """A container running a Python snippet in Toka's image."""
     return {"name": name, "image": TOKA_IMAGE, "command": ["python3", "-c", code], **extra}
+
+
+async def events_for(
+    kube: AsyncKube, ns: str, name: str, *, until: str | None = None, timeout: float = 15
+) -> list[JSON]:
+    """Events about `name`, oldest first; with `until`, wait (bounded) for that reason to
+    appear: the operator posts Events in the background, after the status they describe."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        items = (await kube.list(EVENTS, ns, field_selector=f"involvedObject.name={name}"))["items"]
+        events = sorted(items, key=lambda e: e.get("lastTimestamp") or "")
+        if until is None or any(e["reason"] == until for e in events) or loop.time() > deadline:
+            return events
+        await asyncio.sleep(0.2)

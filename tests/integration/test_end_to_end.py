@@ -24,14 +24,13 @@ from tests.conftest import (
     install_toka,
     running_node_agent,
 )
-from tests.helpers import phase_is, wait_for
+from tests.helpers import events_for, phase_is, wait_for
 from tests.sessions import Recorder, agent, call, finish, put_recordings, recording, session
 from toka.devcluster.binaries import ensure_binaries
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import (
     AGENTS,
     CONFIGMAPS,
-    EVENTS,
     NAMESPACES,
     SERVICEACCOUNTS,
     SESSIONS,
@@ -135,11 +134,6 @@ def workspace_file(node: NodeAgentProcess, ns: str, pod: str, path: str) -> Path
     return None
 
 
-async def events_for(kube: AsyncKube, ns: str, name: str) -> list[JSON]:
-    items = (await kube.list(EVENTS, ns, field_selector=f"involvedObject.name={name}"))["items"]
-    return sorted(items, key=lambda e: e.get("lastTimestamp") or "")
-
-
 async def test_a_three_agent_session_works_files_runs_programs_and_answers_spawns(
     kube: AsyncKube, namespace: str, operator: OperatorProcess, node_agent: NodeAgentProcess
 ) -> None:
@@ -190,8 +184,10 @@ async def test_a_three_agent_session_works_files_runs_programs_and_answers_spawn
     denials = agents["builder"]["status"]["run"]["denials"]
     assert denials["count"] == 1
     assert "secrets/stolen.txt" in denials["last"]
-    await asyncio.sleep(1)
-    reasons = {e["reason"] for e in await events_for(kube, namespace, "e2e-builder")}
+    reasons = {
+        e["reason"]
+        for e in await events_for(kube, namespace, "e2e-builder", until="CapabilityDenied")
+    }
     assert "CapabilityDenied" in reasons
 
     # One spawn accepted, one refused as an escalation, each answered once.
@@ -206,7 +202,7 @@ async def test_a_three_agent_session_works_files_runs_programs_and_answers_spawn
     assert child["status"]["phase"] == "Succeeded", child["status"]
     assert child["spec"]["capabilities"] == ["llm:complete", "fs:read:notes/**"]
     assert child["metadata"]["ownerReferences"][0]["uid"] == agents["planner"]["metadata"]["uid"]
-    planner_events = await events_for(kube, namespace, "e2e-planner")
+    planner_events = await events_for(kube, namespace, "e2e-planner", until="SpawnRefused")
     assert [e["reason"] for e in planner_events].count("SpawnRefused") == 1
     assert [e["reason"] for e in planner_events].count("SpawnAccepted") == 1
     creations = [e for e in seen.events if e.kind == "agent" and e.type == "ADDED"]

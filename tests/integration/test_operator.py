@@ -7,18 +7,16 @@ the real components.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from tests.conftest import OperatorProcess
-from tests.helpers import wait_for, wait_gone
+from tests.helpers import events_for, wait_for, wait_gone
 from tests.sessions import Recorder, agent, call, finish, put_recordings, recording, session
 from toka.kube.client import (
     AGENTS,
-    EVENTS,
     PODS,
     ROLEBINDINGS,
     ROLES,
@@ -50,11 +48,6 @@ async def run_session(kube: AsyncKube, ns: str, body: JSON, timeout: float = 120
         timeout=timeout,
         what="a final phase",
     )
-
-
-async def events_for(kube: AsyncKube, ns: str, name: str) -> list[JSON]:
-    items = (await kube.list(EVENTS, ns, field_selector=f"involvedObject.name={name}"))["items"]
-    return sorted(items, key=lambda e: e.get("lastTimestamp") or "")
 
 
 async def test_a_chain_runs_in_order_and_hands_each_summary_to_the_next(
@@ -384,7 +377,9 @@ async def test_a_missing_key_secret_is_named_on_the_agent(
     assert "llm.apiKeySecretRef" in message
     assert "api-key" in message
     assert (await kube.list(PODS, namespace))["items"] == []
-    reasons = {e["reason"] for e in await events_for(kube, namespace, "nokey-a")}
+    reasons = {
+        e["reason"] for e in await events_for(kube, namespace, "nokey-a", until="SecretNotFound")
+    }
     assert "SecretNotFound" in reasons
 
 
@@ -436,7 +431,9 @@ async def test_a_standalone_agent_runs_without_a_session(
     done = await wait_for(kube, AGENTS, "solo", namespace, phase("Succeeded", "Failed"), timeout=60)
     assert done["status"]["phase"] == "Succeeded"
     assert done["status"]["run"]["tasks"][0]["summary"] == "alone and fine"
-    reasons = [e["reason"] for e in await events_for(kube, namespace, "solo")]
+    reasons = [
+        e["reason"] for e in await events_for(kube, namespace, "solo", until="AgentSucceeded")
+    ]
     assert "PodCreated" in reasons
     assert "AgentSucceeded" in reasons
 
@@ -469,10 +466,9 @@ async def test_a_denied_tool_call_shows_in_status_and_as_an_event(
     denials = nosy["status"]["run"]["denials"]
     assert denials["count"] == 2
     assert "shell:exec:curl" in denials["last"]
-    await asyncio.sleep(1)
     warnings = [
         e
-        for e in await events_for(kube, namespace, "deny-nosy")
+        for e in await events_for(kube, namespace, "deny-nosy", until="CapabilityDenied")
         if e["reason"] == "CapabilityDenied"
     ]
     assert warnings

@@ -132,7 +132,14 @@ async def follow(
     kube: AsyncKube, ns: str, name: str, console: Console, timeout: float
 ) -> SessionView:
     deadline = time.monotonic() + timeout
-    (view,) = await read_views(kube, ns, name)
+    while True:
+        try:
+            (view,) = await read_views(kube, ns, name)
+            break
+        except ApiError as err:
+            if not err.transient or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     with Live(render_session(view), console=console, refresh_per_second=4) as live:
         while not view.finished and time.monotonic() < deadline:
             await asyncio.sleep(0.5)

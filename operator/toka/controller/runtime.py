@@ -74,6 +74,7 @@ class Runtime:
         self.shares: dict[Key, AgentLimits] = {}
         self._rbac_done: set[str] = set()
         self._denials_seen: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- wake-ups -----------------------------------------------------------
 
@@ -142,8 +143,7 @@ class Runtime:
         status = plan.status.wire()
         if status != _comparable(body.get("status")):
             await patch_status(self.kube, SESSIONS, name, ns, plan.status.merge_patch())
-        for kind, reason, message in plan.events:
-            await post_event(self.kube, body, kind, reason, message)
+        self._post_events(body, plan.events)
         return plan.requeue_after
 
     # --- agents ---------------------------------------------------------------
@@ -156,16 +156,22 @@ class Runtime:
         status = body.get("status") or {}
         terminal = status.get("phase") in ("Succeeded", "Failed")
         if not terminal and uid not in self._rbac_done:
-            for res, build in (
-                (SERVICEACCOUNTS, build_service_account),
-                (ROLES, build_role),
-                (ROLEBINDINGS, build_role_binding),
-            ):
-                await ensure_created(self.kube, res, build(body))
+            # Independent objects: one round trip's latency, not three.
+            await asyncio.gather(
+                ensure_created(self.kube, SERVICEACCOUNTS, build_service_account(body)),
+                ensure_created(self.kube, ROLES, build_role(body)),
+                ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body)),
+            )
             self._rbac_done.add(uid)
         pods = [p for p in pods_of((ns, name)) if owned_by(p, uid)]
+        live = any(
+            (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in pods
+        )
+        # References matter only before a pod is made: no GETs while one runs.
         missing = (
-            None if terminal else await missing_reference(self.kube, ns, body.get("spec") or {})
+            None
+            if terminal or live
+            else await missing_reference(self.kube, ns, body.get("spec") or {})
         )
         plan = compute_agent_plan(
             body,
@@ -193,12 +199,24 @@ class Runtime:
             await patch_status(
                 self.kube, AGENTS, name, ns, plan.status.merge_patch(exclude=frozenset({"run"}))
             )
-        for kind, reason, message in plan.events:
-            await post_event(self.kube, body, kind, reason, message)
+        self._post_events(body, plan.events)
         await self._report_denials(body)
         if terminal:
             self._rbac_done.discard(uid)
         return plan.requeue_after
+
+    def _post_events(self, body: JSON, events: list[tuple[str, str, str]]) -> None:
+        """Events are best effort and never hold up a reconcile; posted in order."""
+        if not events:
+            return
+
+        async def post() -> None:
+            for kind, reason, message in events:
+                await post_event(self.kube, body, kind, reason, message)
+
+        task = asyncio.create_task(post())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _report_denials(self, body: JSON) -> None:
         """Kernels cannot write Events; the operator turns new denials into Warnings."""

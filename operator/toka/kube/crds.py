@@ -19,9 +19,10 @@ KINDS = {
 
 
 async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: float = 60) -> None:
-    """Create or update each CRD (idempotent), then wait for `Established`."""
+    """Create or update each CRD (idempotent), then wait until it is established and served."""
     names = []
-    for crd in crds:
+    crds_list = list(crds)
+    for crd in crds_list:
         name = crd["metadata"]["name"]
         names.append(name)
         try:
@@ -51,6 +52,22 @@ async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: 
             if loop.time() > deadline:
                 raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s: {conds}")
             await asyncio.sleep(0.1)
+    # Established is not yet served: the API server answers 429 "storage is
+    # (re)initializing" for a moment. Callers get a CRD they can list.
+    for crd in crds_list:
+        spec = crd["spec"]
+        served = next(v["name"] for v in spec["versions"] if v.get("storage"))
+        res = Resource(
+            spec["group"], served, spec["names"]["plural"], spec["scope"] == "Namespaced"
+        )
+        while True:
+            try:
+                await kube.list(res)
+                break
+            except ApiError as err:
+                if not err.transient or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
 
 async def apply_cluster_manifests(kube: AsyncKube, manifests: Iterable[dict[str, Any]]) -> None:
