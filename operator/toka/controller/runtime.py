@@ -51,6 +51,7 @@ from toka.kube.client import (
 
 JSON = dict[str, Any]
 Key = tuple[str, str]
+MAX_CACHED_MODELS = 2000
 log = logging.getLogger("toka.operator")
 
 
@@ -75,6 +76,9 @@ class Runtime:
         self._rbac_done: set[str] = set()
         self._denials_seen: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._models: dict[tuple[str, str], Agent] = {}
+        # Agents a session creates at once: concurrent, but not a thundering herd.
+        self._create_slots = asyncio.Semaphore(16)
 
     # --- wake-ups -----------------------------------------------------------
 
@@ -122,13 +126,17 @@ class Runtime:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         agents = await list_owned(self.kube, AGENTS, ns, f"{LABEL_SESSION}={name}", uid)
-        observed = {a["spec"]["name"]: Agent.model_validate(a) for a in agents}
+        observed = {a["spec"]["name"]: self._agent_model(a) for a in agents}
         plan = compute_session_plan(body, observed, utcnow())
-        for manifest in plan.create:
-            try:
-                await ensure_created(self.kube, AGENTS, manifest)
-            except OwnershipConflict as err:
-                await post_event(self.kube, body, "Warning", "NameConflict", str(err))
+
+        async def create(manifest: JSON) -> None:
+            async with self._create_slots:
+                try:
+                    await ensure_created(self.kube, AGENTS, manifest)
+                except OwnershipConflict as err:
+                    await post_event(self.kube, body, "Warning", "NameConflict", str(err))
+
+        await asyncio.gather(*(create(m) for m in plan.create))
         for agent_name, suspend in plan.set_suspend.items():
             await self.kube.patch(AGENTS, agent_name, {"spec": {"suspend": suspend}}, ns)
         for agent_name, share in plan.shares.items():
@@ -155,14 +163,6 @@ class Runtime:
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         status = body.get("status") or {}
         terminal = status.get("phase") in ("Succeeded", "Failed")
-        if not terminal and uid not in self._rbac_done:
-            # Independent objects: one round trip's latency, not three.
-            await asyncio.gather(
-                ensure_created(self.kube, SERVICEACCOUNTS, build_service_account(body)),
-                ensure_created(self.kube, ROLES, build_role(body)),
-                ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body)),
-            )
-            self._rbac_done.add(uid)
         pods = [p for p in pods_of((ns, name)) if owned_by(p, uid)]
         live = any(
             (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in pods
@@ -184,6 +184,15 @@ class Runtime:
         for pod in plan.delete_pods:
             await delete_pod(self.kube, pod, ns)
         if plan.create_attempt is not None:
+            if uid not in self._rbac_done:
+                # The pod's identity first (a pod naming a missing ServiceAccount is refused);
+                # independent objects, so one round trip's latency rather than three.
+                await asyncio.gather(
+                    ensure_created(self.kube, SERVICEACCOUNTS, build_service_account(body)),
+                    ensure_created(self.kube, ROLES, build_role(body)),
+                    ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body)),
+                )
+                self._rbac_done.add(uid)
             await ensure_created(
                 self.kube, PODS, build_agent_pod(body, plan.create_attempt, self.config.pod)
             )
@@ -204,6 +213,17 @@ class Runtime:
         if terminal:
             self._rbac_done.discard(uid)
         return plan.requeue_after
+
+    def _agent_model(self, body: JSON) -> Agent:
+        """Parsed once per resourceVersion: a session re-reads all its agents on each wake."""
+        meta = body["metadata"]
+        key = (meta["uid"], meta.get("resourceVersion", ""))
+        model = self._models.get(key)
+        if model is None:
+            if len(self._models) > MAX_CACHED_MODELS:
+                self._models.clear()
+            model = self._models[key] = Agent.model_validate(body)
+        return model
 
     def _post_events(self, body: JSON, events: list[tuple[str, str, str]]) -> None:
         """Events are best effort and never hold up a reconcile; posted in order."""

@@ -1,66 +1,118 @@
-"""`toka tools`: serve tool calls on a Unix socket, one request per call.
+"""`toka tools`: serve tool calls on a Unix socket, one JSON request per call.
 
 It holds no token, key or grant: the kernel has checked the capability
 before forwarding. The socket lives in a volume only the kernel and this
 container mount.
+
+The HTTP here is the least the kernel's client needs (a request line,
+headers, a Content-Length body, keep-alive), on `socketserver` alone:
+`http.server` would pull in `http.client`, `email` and `ssl` and cost this
+sidecar a third more memory (DESIGN §10: tools ≤ 15 MB).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import socketserver
 import sys
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from toka.tools.ops import OPS, ToolError, seed
 
 MAX_BODY = 2_000_000
+MAX_HEADER_LINES = 100
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _BadRequest(Exception):
+    pass
+
+
+class _Handler(socketserver.StreamRequestHandler):
     server: ToolServer
-    protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return
+    def handle(self) -> None:
+        while True:
+            try:
+                request = self._read_request()
+            except _BadRequest as err:
+                self._reply(400, {"error": f"bad request: {err}"}, close=True)
+                return
+            if request is None:
+                return
+            method, path, body, keep_alive = request
+            status, answer = self._dispatch(method, path, body)
+            self._reply(status, answer, close=not keep_alive)
+            if not keep_alive:
+                return
 
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            self._reply(200, {"ok": True, "seed": self.server.seed_message})
-        else:
-            self._reply(404, {"error": "not found"})
-
-    def do_POST(self) -> None:
-        op = OPS.get(self.path.lstrip("/"))
-        length = int(self.headers.get("Content-Length") or 0)
-        if op is None:
-            self._reply(404, {"error": f"unknown tool {self.path.lstrip('/')!r}"})
-            return
-        if length > MAX_BODY:
-            self._reply(413, {"error": "request too large"})
-            return
+    def _read_request(self) -> tuple[str, str, bytes | None, bool] | None:
+        """(method, path, body or None when too large, keep-alive), or None at EOF."""
+        line = self.rfile.readline(8192)
+        if not line:
+            return None
         try:
-            args = json.loads(self.rfile.read(length) or b"{}")
+            method, path, version = line.decode("latin-1").split()
+        except ValueError:
+            raise _BadRequest("malformed request line") from None
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADER_LINES):
+            raw = self.rfile.readline(8192)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        else:
+            raise _BadRequest("too many headers")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise _BadRequest("chunked bodies are not supported; send Content-Length")
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            raise _BadRequest("Content-Length is not a number") from None
+        if length > MAX_BODY:
+            return method, path, None, False  # read no more of it: answer, then close
+        body = self.rfile.read(length) if length else b""
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "") != "close"
+        return method, path, body, keep_alive
+
+    def _dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
+        if method == "GET" and path == "/healthz":
+            return 200, {"ok": True, "seed": self.server.seed_message}
+        op = OPS.get(path.lstrip("/")) if method == "POST" else None
+        if op is None:
+            return 404, {"error": f"unknown tool {path.lstrip('/')!r}"}
+        if body is None:
+            return 413, {"error": "request too large"}
+        try:
+            args = json.loads(body or b"{}")
             if not isinstance(args, dict):
                 raise ValueError("body is not an object")
-            self._reply(200, op(self.server.workspace, args))
+            return 200, op(self.server.workspace, args)
         except ToolError as err:
-            self._reply(err.status, {"error": str(err)})
+            return err.status, {"error": str(err)}
         except ValueError as err:
-            self._reply(400, {"error": f"bad request: {err}"})
+            return 400, {"error": f"bad request: {err}"}
+
+    def _reply(self, status: int, body: dict[str, Any], *, close: bool) -> None:
+        data = json.dumps(body).encode()
+        head = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+        )
+        self.wfile.write(head.encode("latin-1") + data)
+        self.wfile.flush()
 
 
 class ToolServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -76,24 +128,16 @@ class ToolServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, 0o666)  # noqa: S103
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 2):
-        super().__init__("tools", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 def probe(path: str) -> int:
-    """Exit 0 when the server answers (the startup probe)."""
+    """Exit 0 when the server answers its health check (the startup probe)."""
     try:
-        conn = _UnixConnection(path)
-        conn.request("GET", "/healthz")
-        return 0 if conn.getresponse().status == 200 else 1
-    except OSError:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(path)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: tools\r\nConnection: close\r\n\r\n")
+            status_line = sock.makefile("rb").readline()
+        return 0 if status_line.split()[1:2] == [b"200"] else 1
+    except (OSError, IndexError):
         return 1
 
 
