@@ -299,7 +299,8 @@ def compute_agent_plan(
         completion_time=completion,
         message=truncate(message),
     )
-    if prev.phase != phase:
+    # A new Agent's first Pending says nothing PodCreated does not: no Event for it.
+    if prev.phase != phase and not (prev.phase is None and phase == AgentPhase.PENDING):
         kind = "Warning" if phase == AgentPhase.FAILED else "Normal"
         plan.events.append((kind, f"Agent{phase.value}", message))
     before = {c.type: (c.status, c.reason) for c in prev.conditions or []}
