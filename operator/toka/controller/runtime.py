@@ -185,13 +185,14 @@ class Runtime:
             await delete_pod(self.kube, pod, ns)
         if plan.create_attempt is not None:
             if uid not in self._rbac_done:
-                # The pod's identity first (a pod naming a missing ServiceAccount is refused);
-                # independent objects, so one round trip's latency rather than three.
+                # The pod's identity before the pod (a pod naming a missing ServiceAccount
+                # is refused); the Role before its binding, which a least-privileged
+                # operator may create only against an existing Role it could grant itself.
                 await asyncio.gather(
                     ensure_created(self.kube, SERVICEACCOUNTS, build_service_account(body)),
                     ensure_created(self.kube, ROLES, build_role(body)),
-                    ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body)),
                 )
+                await ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body))
                 self._rbac_done.add(uid)
             await ensure_created(
                 self.kube, PODS, build_agent_pod(body, plan.create_attempt, self.config.pod)
