@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from toka.controller.builders.pod import ENTRYPOINT
 from toka.kube.client import (
     CONFIGMAPS,
     LEASES,
@@ -631,7 +632,7 @@ class PodRuntime:
                     "readOnly": bool(vm.get("readOnly")),
                 }
             )
-        command = [expand(a, env) for a in spec.get("command", [])] or ["toka"]
+        command = [expand(a, env) for a in spec.get("command", [])] or list(ENTRYPOINT)
         args = [expand(a, env) for a in spec.get("args", [])]
         return {
             "argv": command + args,

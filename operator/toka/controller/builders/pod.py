@@ -41,6 +41,10 @@ WORKSPACE = "/workspace"
 KERNEL_UID, TOOLS_UID, AGENT_UID = 10001, 10002, 10003
 
 
+# The image's ENTRYPOINT (Dockerfile); containers pass only the subcommand as args.
+ENTRYPOINT = ("toka",)
+
+
 @dataclass(frozen=True)
 class PodConfig:
     """Operator-wide settings of the pods it builds."""
@@ -248,7 +252,7 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
                 "restartPolicy": "Always",
                 "env": tools_env,
                 "startupProbe": {
-                    "exec": {"command": ["toka", "tools", "--probe"]},
+                    "exec": {"command": [*ENTRYPOINT, "tools", "--probe"]},
                     "periodSeconds": 1,
                     "failureThreshold": 300,
                 },

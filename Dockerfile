@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# One image for every Toka process: `toka operator`, and in each agent pod
+# `toka kernel`, `toka tools` and `toka agent` (the pod passes the subcommand as
+# args; the entrypoint is `toka`). Runs as a non-root user with a read-only root
+# filesystem: nothing is written outside the pod's volumes (/tmp, /workspace).
+
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY operator ./operator
+RUN python -m venv /opt/toka \
+ && /opt/toka/bin/pip install --no-cache-dir -c constraints.txt .
+
+FROM python:3.11-slim-bookworm
+LABEL org.opencontainers.image.title="toka" \
+      org.opencontainers.image.description="Kubernetes operator that runs LLM agents as Pods; one image for the operator, kernel, tools and agent" \
+      org.opencontainers.image.source="https://github.com/toka-dev/toka" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+# git: the tools sidecar seeds /workspace from `workspace.git`. Versions follow
+# the base image's Debian security updates rather than a pin that would go stale.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp toka
+COPY --from=build /opt/toka /opt/toka
+ENV PATH=/opt/toka/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+USER 10001
+ENTRYPOINT ["toka"]
+CMD ["--help"]
