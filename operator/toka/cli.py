@@ -2,7 +2,7 @@
 
     toka demo            a real session on the built-in dev cluster, with live progress
     toka status          a session's agents, tasks, progress and tokens (any cluster)
-    toka crds            write crds/*.yaml from the API models (--check: fail when stale)
+    toka crds            write crds/*.yaml (and the chart's copies) from the API models
     toka dev up|down     the development cluster, with the CRDs installed
     toka dev binaries    find or build the control plane (cached outside the clone)
     toka operator        the operator: sessions and agents into pods
@@ -24,21 +24,24 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
-    from toka.api.manifests import crd_files
+    from toka.api.manifests import generated_files
 
-    out = Path(args.out)
+    root = Path(args.root)
     stale: list[str] = []
-    for name, text in crd_files().items():
-        path = out / name
+    for name, text in generated_files().items():
+        path = root / name
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
         stale.append(str(path))
         if not args.check:
-            out.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if args.check and stale:
-        print("stale CRDs (regenerate with `toka crds`): " + ", ".join(stale), file=sys.stderr)
+        print(
+            "stale generated files (regenerate with `toka crds`): " + ", ".join(stale),
+            file=sys.stderr,
+        )
         return 1
     for written in stale:
         print(f"wrote {written}")
@@ -57,7 +60,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     if args.dev_command == "env":
         return devctl.env(Path(args.state_dir))
     if args.dev_command == "binaries":
-        from toka.devcluster.binaries import ensure_binaries
+        from toka.devcluster.binaries import ensure_binaries, ensure_helm
 
         found = ensure_binaries()
         for path in (
@@ -65,6 +68,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             found.etcd,
             found.kube_controller_manager,
             found.kubectl,
+            ensure_helm(),
         ):
             print(path)
         return 0
@@ -140,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toka", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    crds = sub.add_parser("crds", help="write crds/*.yaml from the API models")
-    crds.add_argument("--out", default="crds", help="directory to write (default: crds)")
+    crds = sub.add_parser(
+        "crds", help="write crds/*.yaml and the Helm chart's copies from the API models"
+    )
+    crds.add_argument("--root", default=".", help="the repository root (default: .)")
     crds.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
     crds.set_defaults(handler=_cmd_crds)
 
@@ -160,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("down", "stop the dev cluster and remove its state"),
         ("serve", "run the dev cluster in the foreground (what `up` starts in the background)"),
         ("env", "print shell exports for KUBECONFIG and PATH (kubectl)"),
-        ("binaries", "find or build kube-apiserver, etcd, kube-controller-manager, kubectl"),
+        ("binaries", "find or build kube-apiserver, etcd, kube-controller-manager, kubectl, helm"),
     ]:
         p = dev_sub.add_parser(name, help=text)
         if name in ("up", "serve"):

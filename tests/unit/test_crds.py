@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 
 from toka.api.crdgen import all_crds
-from toka.api.manifests import crd_files
+from toka.api.manifests import generated_files
 
-CRDS_DIR = Path(__file__).parents[2] / "crds"
+REPO = Path(__file__).parents[2]
 
 
-@pytest.mark.parametrize("name", sorted(crd_files()))
-def test_crds_directory_is_not_stale(name: str) -> None:
-    path = CRDS_DIR / name
+@pytest.mark.parametrize("name", sorted(generated_files()))
+def test_generated_files_are_not_stale(name: str) -> None:
+    path = REPO / name
     assert path.exists(), f"{path} missing: run `toka crds`"
-    assert path.read_text() == crd_files()[name], f"{path} is stale: run `toka crds`"
+    assert path.read_text() == generated_files()[name], f"{path} is stale: run `toka crds`"
 
 
 def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:

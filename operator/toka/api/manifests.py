@@ -19,3 +19,16 @@ def crd_files() -> dict[str, str]:
         admission_manifests(), sort_keys=False, width=100
     )
     return files
+
+
+def generated_files() -> dict[str, str]:
+    """Every generated file, by path from the repository root: `crds/` for
+    `kubectl apply`, and the same CRDs and policies inside the Helm chart (a chart
+    cannot read files outside its directory)."""
+    files = {f"crds/{name}": text for name, text in crd_files().items()}
+    for name, text in crd_files().items():
+        if name == "toka.dev_admission.yaml":
+            files["helm/toka/files/admission.yaml"] = text
+        else:
+            files[f"helm/toka/crds/{name}"] = text
+    return files

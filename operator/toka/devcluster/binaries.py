@@ -25,6 +25,7 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "1.35.4"
 ETCD_VERSION = "3.6.16"
+HELM_VERSION = "3.22.0"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
 
 
@@ -223,3 +224,34 @@ def build_etcd(go: str, *, log: bool = True) -> None:
     _go(go, ["build", "-ldflags", "-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"], work)
     tmp.rename(out / "etcd")
     _say(log, f"built etcd in {time.monotonic() - started:.0f}s")
+
+
+def helm_path() -> Path:
+    return cache_dir() / f"helm-v{HELM_VERSION}" / "helm"
+
+
+def ensure_helm(log: bool = True) -> Path:
+    """helm for the chart's tests, built from its Go module into the cache (once)."""
+    path = helm_path()
+    if _executable(path):
+        return path
+    go = shutil.which("go")
+    if go is None:
+        raise BinariesError(f"helm is not in {path.parent} and Go is not installed to build it")
+    _say(log, f"building helm v{HELM_VERSION} with Go into {path.parent} (once)")
+    started = time.monotonic()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env_root = cache_dir() / "build"
+    env_root.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [go, "install", f"helm.sh/helm/v3/cmd/helm@v{HELM_VERSION}"],
+        cwd=env_root,
+        env={**os.environ, "CGO_ENABLED": "0", "GOBIN": str(path.parent)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0 or not _executable(path):
+        raise BinariesError(f"building helm failed:\n{proc.stderr[-4000:]}")
+    _say(log, f"built helm in {time.monotonic() - started:.0f}s")
+    return path

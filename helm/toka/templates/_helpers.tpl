@@ -1,22 +1,19 @@
-# The operator's identity and the least it needs, cluster-wide. Each rule says
-# which code path needs it; nothing here uses `*` verbs or resources.
-# (The Helm chart will render the same rules, or Roles per watched namespace.)
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: toka-system
----
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: toka-operator
-  namespace: toka-system
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: toka-operator
-rules:
+{{- define "toka.name" -}}{{ .Release.Name }}-operator{{- end -}}
+
+{{- define "toka.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "toka.labels" -}}
+app.kubernetes.io/name: toka
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{/* Rules the operator needs in each namespace it serves; a comment names the code that needs each. */}}
+{{- define "toka.namespacedRules" -}}
 # Kopf watches sessions and runs a daemon per session; the daemon's finalizer and
 # Kopf's progress annotations are patches.
 - apiGroups: [toka.dev]
@@ -57,6 +54,13 @@ rules:
 - apiGroups: [""]
   resources: [secrets, configmaps]
   verbs: [get]
+# Events for every transition and denial (the operator's and Kopf's own).
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{- define "toka.clusterRules" -}}
 # Kopf's reactor lists and watches namespaces, to serve the ones it was given.
 - apiGroups: [""]
   resources: [namespaces]
@@ -65,20 +69,4 @@ rules:
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
-# Events for every transition and denial (the operator's and Kopf's own).
-- apiGroups: ["", events.k8s.io]
-  resources: [events]
-  verbs: [create]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: toka-operator
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: toka-operator
-subjects:
-- kind: ServiceAccount
-  name: toka-operator
-  namespace: toka-system
+{{- end -}}

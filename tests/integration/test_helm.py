@@ -1,0 +1,242 @@
+"""The Helm chart: lint, render, schema, and its RBAC is what the operator really needs.
+
+helm is built from its Go module into the cache like the control plane. The
+rendered manifests are applied to the dev cluster (the Deployment with a
+server-side dry run: the dev node runs only agent pods), and the operator,
+run as a process with a token for the chart's ServiceAccount, completes a
+session: cluster-wide, and watching one namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import NodeAgentProcess, OperatorProcess, failed
+from tests.helpers import phase_is, wait_for
+from tests.sessions import agent, finish, put_recordings, recording, session
+from toka.devcluster.binaries import KUBERNETES_VERSION, ensure_helm
+from toka.devcluster.controlplane import ControlPlane
+from toka.kube.client import (
+    AGENTS,
+    CLUSTERROLEBINDINGS,
+    CLUSTERROLES,
+    NAMESPACES,
+    ROLEBINDINGS,
+    ROLES,
+    SERVICEACCOUNTS,
+    SESSIONS,
+    ApiError,
+    AsyncKube,
+    Resource,
+)
+from toka.kube.crds import KINDS
+
+pytestmark = pytest.mark.controlplane
+JSON = dict[str, Any]
+CHART = Path(__file__).resolve().parents[2] / "helm" / "toka"
+NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+CONFIGMAPS_ = Resource("", "v1", "configmaps")
+APPLY: dict[str, Resource] = {
+    "ServiceAccount": SERVICEACCOUNTS,
+    "ClusterRole": CLUSTERROLES,
+    "ClusterRoleBinding": CLUSTERROLEBINDINGS,
+    "Role": ROLES,
+    "RoleBinding": ROLEBINDINGS,
+    "NetworkPolicy": NETWORKPOLICIES,
+    "ConfigMap": CONFIGMAPS_,
+    **KINDS,
+}
+
+
+def helm(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """helm against the dev cluster's Kubernetes version (no cluster is contacted)."""
+    return subprocess.run(
+        [str(ensure_helm()), command, "--kube-version", KUBERNETES_VERSION, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def render(release: str, namespace: str, *sets: str) -> tuple[str, list[JSON]]:
+    flags = [f for s in sets for f in ("--set", s)]
+    done = helm("template", release, str(CHART), "--namespace", namespace, *flags)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.mark.parametrize("sets", [[], ["watchNamespaces={team-a,team-b}"]], ids=["cluster", "ns"])
+def test_the_chart_lints_and_renders(sets: list[str]) -> None:
+    flags = [f for s in sets for f in ("--set", s)]
+    linted = helm("lint", "--strict", str(CHART), *flags)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    text, docs = render("toka", "toka-system", *sets)
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("Deployment") == 1
+    assert "ValidatingAdmissionPolicy" in kinds
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "operator"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for doc in docs:
+        for rule in doc.get("rules", []):
+            for key in ("verbs", "resources", "apiGroups"):
+                assert "*" not in rule[key], (doc["metadata"]["name"], rule)
+    # A comment above every rule, in the rendered text as in the template.
+    chunks = text.split("\n- apiGroups:")
+    for before in chunks[:-1]:
+        assert before.rstrip().splitlines()[-1].lstrip().startswith("#"), before[-300:]
+    if sets:
+        roles = [d for d in docs if d["kind"] == "Role"]
+        assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+        assert "--namespace=team-a" in container["args"]
+        policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+
+
+def test_the_network_policy_never_lets_agents_reach_metadata_addresses() -> None:
+    _, docs = render("toka", "toka-system")
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["key"] == "toka.dev/agent"
+    blocks = [t["ipBlock"] for rule in policy["spec"]["egress"] for t in rule.get("to", [])]
+    assert blocks
+    assert all("169.254.0.0/16" in b.get("except", []) for b in blocks if b["cidr"] == "0.0.0.0/0")
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ("watchNamespaces=not-a-list", "watchNamespaces"),
+        ("logLevel=loud", "logLevel"),
+        ("metrics.port=seventy", "port"),
+        ("networkPolicy.egress[0].cidr=example.com", "cidr"),
+    ],
+)
+def test_the_values_schema_rejects_a_wrong_value(value: str, field: str) -> None:
+    done = helm("template", "toka", str(CHART), "--set", value)
+    assert done.returncode != 0
+    assert field in done.stderr
+
+
+async def apply_rendered(kube: AsyncKube, docs: list[JSON]) -> None:
+    for doc in docs:
+        kind = doc["kind"]
+        ns = doc["metadata"].get("namespace")
+        if kind == "Deployment":
+            await kube.create(DEPLOYMENTS, doc, ns, dry_run=True)  # valid, not run here
+            continue
+        if kind in ("CustomResourceDefinition", "Pod"):
+            continue  # CRDs installed by the fixture; the Pod is `helm test`'s
+        res = APPLY[kind]
+        name = doc["metadata"]["name"]
+        await kube.patch(res, name, doc, ns, patch_type="apply", field_manager="helm", force=True)
+
+
+async def chart_operator_kubeconfig(
+    kube: AsyncKube, cp: ControlPlane, release: str, release_ns: str, path: Path
+) -> Path:
+    token = await kube.create(
+        SERVICEACCOUNTS,
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+        release_ns,
+        name=f"{release}-operator",
+        sub="token",
+    )
+    return cp.token_kubeconfig(path, str(token["status"]["token"]))
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+async def test_the_operator_completes_a_session_with_only_the_charts_rbac(
+    kube: AsyncKube,
+    namespace: str,
+    controlplane: ControlPlane,
+    node_agent: NodeAgentProcess,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    scope: str,
+) -> None:
+    release = f"r{uuid.uuid4().hex[:6]}"
+    release_ns = f"{release}-system"
+    await kube.create(NAMESPACES, {"metadata": {"name": release_ns}})
+    sets = [f"watchNamespaces={{{namespace}}}"] if scope == "namespace" else []
+    _, docs = render(release, release_ns, *sets)
+    await apply_rendered(kube, docs)
+    config = await chart_operator_kubeconfig(
+        kube, controlplane, release, release_ns, tmp_path / "operator.kubeconfig"
+    )
+    op = OperatorProcess(config, namespace, tmp_path / "operator.log")
+    await put_recordings(
+        kube,
+        namespace,
+        "rec",
+        {
+            "first": recording("first", {"t": [finish("first done")]}),
+            "second": recording("second", {"t": [finish("second done")]}),
+        },
+    )
+    op.start()
+    try:
+        await kube.create(
+            SESSIONS,
+            session("least", [agent("first"), agent("second", depends=["first"])]),
+            namespace,
+        )
+        nokey = {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "nokey"},
+            "spec": {
+                "capabilities": ["llm:complete"],
+                "tasks": [{"name": "t", "description": "x"}],
+                "llm": {
+                    "provider": "anthropic",
+                    "apiKeySecretRef": {"name": "absent", "key": "api-key"},
+                },
+            },
+        }
+        await kube.create(AGENTS, nokey, namespace)
+        done = await wait_for(
+            kube, SESSIONS, "least", namespace, phase_is("Succeeded", "Failed"), timeout=120
+        )
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        second = await kube.get(AGENTS, "least-second", namespace)
+        assert second["spec"]["handoff"][0]["summary"] == "t: first done"
+        pending = await wait_for(
+            kube,
+            AGENTS,
+            "nokey",
+            namespace,
+            lambda a: any(
+                c["reason"] == "SecretNotFound"
+                for c in (a.get("status") or {}).get("conditions", [])
+            ),
+            timeout=60,
+        )
+        assert "absent" in pending["status"]["message"]
+    finally:
+        op.stop()
+        log = op.log.read_text(errors="replace")
+        if failed(request):
+            print(f"--- operator log\n{log[-6000:]}")
+        for doc in docs:
+            if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                with contextlib.suppress(ApiError):
+                    await kube.delete(APPLY[doc["kind"]], doc["metadata"]["name"])
+        await kube.delete(NAMESPACES, release_ns)
+    assert "403" not in log, log[-3000:]
+    assert "Forbidden" not in log, log[-3000:]
