@@ -105,6 +105,17 @@ def test_the_chart_lints_and_renders(sets: list[str]) -> None:
         assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
 
 
+def test_llm_defaults_reach_the_operator_and_no_key_is_a_value() -> None:
+    _, docs = render("toka", "toka-system", "llm.provider=openai", "llm.model=gpt-4o")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (env["LLM_PROVIDER"], env["LLM_MODEL"]) == ("openai", "gpt-4o")
+    assert not any("KEY" in name for name in env)
+
+
 def test_the_network_policy_never_lets_agents_reach_metadata_addresses() -> None:
     _, docs = render("toka", "toka-system")
     (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
@@ -121,6 +132,8 @@ def test_the_network_policy_never_lets_agents_reach_metadata_addresses() -> None
         ("logLevel=loud", "logLevel"),
         ("metrics.port=seventy", "port"),
         ("networkPolicy.egress[0].cidr=example.com", "cidr"),
+        ("networkPolicy.egress[0].cidr=169.254.0.0/16", "cidr"),  # metadata, never
+        ("llm.provider=bard", "provider"),
     ],
 )
 def test_the_values_schema_rejects_a_wrong_value(value: str, field: str) -> None:

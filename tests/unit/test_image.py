@@ -71,3 +71,19 @@ def test_the_build_context_holds_only_what_the_image_needs() -> None:
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in ignored
     assert {"!pyproject.toml", "!constraints.txt", "!operator/"} <= set(ignored)
+
+
+def test_the_operators_llm_defaults_reach_the_kernel_and_nothing_else() -> None:
+    body = {
+        "apiVersion": "toka.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
+        "spec": {"tasks": [{"name": "t", "description": "x"}]},
+    }
+    config = PodConfig(llm_defaults=(("LLM_PROVIDER", "openai"), ("LLM_MODEL", "gpt-4o")))
+    pod = build_agent_pod(body, 1, config)
+    by_name = {c["name"]: c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]}
+    kernel_env = {e["name"]: e.get("value") for e in by_name["kernel"]["env"]}
+    assert (kernel_env["LLM_PROVIDER"], kernel_env["LLM_MODEL"]) == ("openai", "gpt-4o")
+    for other in ("agent", "tools"):
+        assert not any(e["name"].startswith("LLM_") for e in by_name[other].get("env", []))

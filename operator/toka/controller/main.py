@@ -13,7 +13,9 @@ One replica, `--standalone` (no peering); liveness on Kopf's probe endpoint.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import kopf
 
@@ -21,6 +23,9 @@ from toka.controller import handlers  # noqa: F401  (registers the handlers)
 from toka.controller.builders.pod import PodConfig
 from toka.controller.runtime import OperatorConfig
 from toka.logs import configure
+
+# The operator's environment names the cluster's LLM defaults; kernels inherit them.
+LLM_DEFAULTS = ("LLM_PROVIDER", "LLM_MODEL", "LLM_BASE_URL", "LLM_RATE_LIMIT", "LLM_TIMEOUT")
 
 
 def run(
@@ -32,7 +37,9 @@ def run(
     verbose: bool = False,
 ) -> None:
     configure(verbose=verbose)
-    config = OperatorConfig(pod=PodConfig(image=image) if image else PodConfig())
+    defaults = tuple((name, os.environ[name]) for name in LLM_DEFAULTS if os.environ.get(name))
+    pod = PodConfig(llm_defaults=defaults)
+    config = OperatorConfig(pod=replace(pod, image=image) if image else pod)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

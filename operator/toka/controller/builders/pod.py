@@ -57,6 +57,9 @@ class PodConfig:
     heartbeat_seconds: int = 10
     # Long enough for the kernel to get its last report out through a short API outage.
     termination_grace_seconds: int = 60
+    # Cluster-wide LLM defaults for kernels (LLM_PROVIDER, LLM_MODEL, LLM_BASE_URL, ...):
+    # used where neither the Agent nor its session names them. Never keys.
+    llm_defaults: tuple[tuple[str, str], ...] = ()
 
 
 def _security(uid: int) -> JSON:
@@ -133,6 +136,7 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         _field("TOKA_POD_IP", "status.podIP"),
         {"name": "TOKA_METRICS_ADDR", "value": f"$(TOKA_POD_IP):{config.metrics_port}"},
         {"name": "TOKA_HEARTBEAT_SECONDS", "value": str(config.heartbeat_seconds)},
+        *({"name": k, "value": v} for k, v in config.llm_defaults),
         # Keep retrying the last report until just before the kubelet's SIGKILL.
         {
             "name": "TOKA_SHUTDOWN_SECONDS",
