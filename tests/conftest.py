@@ -99,6 +99,13 @@ class NodeAgentProcess:
         self.root = root
         self.log = log
 
+    def pod_dir(self, namespace: str, pod: str) -> Path:
+        """Where the node keeps a pod: its volumes and container logs."""
+        found = next((self.root / "pods").glob(f"{namespace}_{pod}_*"), None)
+        if found is None:
+            raise FileNotFoundError(f"no pod {namespace}/{pod} on the dev node")
+        return found
+
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         for d in (self.root / "pods").glob(f"{namespace}_{pod}_*"):
             path = d / "logs" / f"{container}.log"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from toka.kube.client import EVENTS, ApiError, AsyncKube, Resource
+from toka.kube.client import EVENTS, SERVICEACCOUNTS, ApiError, AsyncKube, Resource
 
 JSON = dict[str, Any]
 TOKA_IMAGE = "ghcr.io/toka-dev/toka:dev"
@@ -130,3 +130,21 @@ async def events_for(
         if until is None or any(e["reason"] == until for e in events) or loop.time() > deadline:
             return events
         await asyncio.sleep(0.2)
+
+
+async def service_account_token(
+    kube: AsyncKube, namespace: str, account: str, seconds: int = 3600
+) -> str:
+    """A token for a ServiceAccount from TokenRequest, as a projected volume gets one."""
+    resp = await kube.create(
+        SERVICEACCOUNTS,
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds},
+        },
+        namespace,
+        name=account,
+        sub="token",
+    )
+    return str(resp["status"]["token"])

@@ -127,11 +127,8 @@ def three_agent_session(name: str) -> tuple[JSON, dict[str, str]]:
 
 
 def workspace_file(node: NodeAgentProcess, ns: str, pod: str, path: str) -> Path | None:
-    for d in (node.root / "pods").glob(f"{ns}_{pod}_*"):
-        candidate = d / "volumes" / "workspace" / path
-        if candidate.exists():
-            return candidate
-    return None
+    candidate = node.pod_dir(ns, pod) / "volumes" / "workspace" / path
+    return candidate if candidate.exists() else None
 
 
 async def test_a_three_agent_session_works_files_runs_programs_and_answers_spawns(

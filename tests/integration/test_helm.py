@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import NodeAgentProcess, OperatorProcess, failed
-from tests.helpers import phase_is, wait_for
+from tests.helpers import phase_is, service_account_token, wait_for
 from tests.sessions import agent, finish, put_recordings, recording, session
 from toka.devcluster.binaries import KUBERNETES_VERSION, ensure_helm
 from toka.devcluster.controlplane import ControlPlane
@@ -27,6 +27,7 @@ from toka.kube.client import (
     AGENTS,
     CLUSTERROLEBINDINGS,
     CLUSTERROLES,
+    CONFIGMAPS,
     NAMESPACES,
     ROLEBINDINGS,
     ROLES,
@@ -43,7 +44,6 @@ JSON = dict[str, Any]
 CHART = Path(__file__).resolve().parents[2] / "helm" / "toka"
 NETWORKPOLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
-CONFIGMAPS_ = Resource("", "v1", "configmaps")
 APPLY: dict[str, Resource] = {
     "ServiceAccount": SERVICEACCOUNTS,
     "ClusterRole": CLUSTERROLES,
@@ -51,7 +51,7 @@ APPLY: dict[str, Resource] = {
     "Role": ROLES,
     "RoleBinding": ROLEBINDINGS,
     "NetworkPolicy": NETWORKPOLICIES,
-    "ConfigMap": CONFIGMAPS_,
+    "ConfigMap": CONFIGMAPS,
     **KINDS,
 }
 
@@ -159,18 +159,8 @@ async def apply_rendered(kube: AsyncKube, docs: list[JSON]) -> None:
 async def chart_operator_kubeconfig(
     kube: AsyncKube, cp: ControlPlane, release: str, release_ns: str, path: Path
 ) -> Path:
-    token = await kube.create(
-        SERVICEACCOUNTS,
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-        release_ns,
-        name=f"{release}-operator",
-        sub="token",
-    )
-    return cp.token_kubeconfig(path, str(token["status"]["token"]))
+    token = await service_account_token(kube, release_ns, f"{release}-operator")
+    return cp.token_kubeconfig(path, token)
 
 
 @pytest.mark.parametrize("scope", ["cluster", "namespace"])

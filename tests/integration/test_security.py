@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import NodeAgentProcess, OperatorProcess
-from tests.helpers import phase_is, wait_for
+from tests.helpers import phase_is, service_account_token, wait_for
 from tests.sessions import call, finish, put_recordings, recording
 from toka.controller.builders.pod import KEY_DIR, TOKEN_DIR, WORKSPACE
 from toka.devcluster.controlplane import ControlPlane
@@ -23,7 +23,6 @@ from toka.kube.client import (
     ROLEBINDINGS,
     ROLES,
     SECRETS,
-    SERVICEACCOUNTS,
     SESSIONS,
     ApiError,
     AsyncKube,
@@ -54,18 +53,7 @@ def standalone(name: str, **spec: Any) -> JSON:
 async def kernel_token(kube: AsyncKube, ns: str, agent: str) -> str:
     """What the kernel holds: a token for its Agent's ServiceAccount (TokenRequest)."""
     await wait_for(kube, ROLEBINDINGS, agent, ns, lambda _: True)
-    resp = await kube.create(
-        SERVICEACCOUNTS,
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 600},
-        },
-        ns,
-        name=agent,
-        sub="token",
-    )
-    return str(resp["status"]["token"])
+    return await service_account_token(kube, ns, agent, seconds=600)
 
 
 async def expect_403(call: Any) -> None:
@@ -304,7 +292,7 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
     )
     assert done["status"]["phase"] == "Succeeded", done["status"]
     pod = done["status"]["podName"]
-    pod_dir = next((node_agent.root / "pods").glob(f"{namespace}_{pod}_*"))
+    pod_dir = node_agent.pod_dir(namespace, pod)
     loot = (pod_dir / "volumes" / "workspace" / "loot.txt").read_text(errors="replace")
     token = (pod_dir / "volumes" / "kube-api-access" / "token").read_text().strip()
     # The program ran and looked (its own output is there) ...

@@ -20,11 +20,9 @@ KINDS = {
 
 async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: float = 60) -> None:
     """Create or update each CRD (idempotent), then wait until it is established and served."""
-    names = []
     crds_list = list(crds)
     for crd in crds_list:
         name = crd["metadata"]["name"]
-        names.append(name)
         try:
             await kube.create(CRDS, crd)
         except ApiError as err:
@@ -41,7 +39,7 @@ async def ensure_crds(kube: AsyncKube, crds: Iterable[dict[str, Any]], timeout: 
             await kube.replace(CRDS, name, body)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for name in names:
+    for name in (c["metadata"]["name"] for c in crds_list):
         while True:
             crd = await kube.get(CRDS, name)
             conds = {

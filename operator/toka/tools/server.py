@@ -17,6 +17,7 @@ import os
 import socket
 import socketserver
 import sys
+from http import HTTPStatus  # the enum only: not http.client, email or ssl
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,6 @@ from toka.tools.ops import OPS, ToolError, seed
 
 MAX_BODY = 2_000_000
 MAX_HEADER_LINES = 100
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-}
 
 
 class _BadRequest(Exception):
@@ -107,7 +100,7 @@ class _Handler(socketserver.StreamRequestHandler):
     def _reply(self, status: int, body: dict[str, Any], *, close: bool) -> None:
         data = json.dumps(body).encode()
         head = (
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
         )
