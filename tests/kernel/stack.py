@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,12 @@ from toka.api.capabilities import Grant
 from toka.api.models import AgentSpec
 from toka.kernel.policy import Policy
 from toka.kernel.reporter import Reporter
+from toka.kernel.results import Results
 from toka.kernel.server import Kernel
 from toka.llm.config import LLMConfig, Provider
 from toka.llm.gateway import LLMGateway
 from toka.llm.sanitize import Redactor
+from toka.tools.ops import AS_IS, Workspace
 from toka.tools.server import ToolServer
 
 JSON = dict[str, Any]
@@ -80,12 +82,16 @@ def hello_recording(tmp: Path) -> Path:
 
 @asynccontextmanager
 async def kernel_stack(
-    tmp: Path, capabilities: list[str], *, recording: Path | None = None
+    tmp: Path,
+    capabilities: list[str],
+    *,
+    recording: Path | None = None,
+    results: Callable[[Reporter], Results] | None = None,
 ) -> AsyncIterator[Stack]:
     workspace = tmp / "workspace"
     workspace.mkdir(exist_ok=True)
     socket = tmp / "tools.sock"
-    tools = ToolServer(str(socket), workspace, "test workspace")
+    tools = ToolServer(str(socket), workspace, Workspace(workspace, dict(AS_IS), {}))
     thread = threading.Thread(target=tools.serve_forever, daemon=True)
     thread.start()
     audit = io.StringIO()
@@ -111,6 +117,7 @@ async def kernel_stack(
         gateway=gateway,
         gateway_error=None if recording else "no recording in this test",
         tools_socket=str(socket),
+        results=results(reporter) if results is not None else None,
     )
     kernel.ready = True
     server = TestServer(kernel.app(), host="127.0.0.1")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from toka.tools.ops import AS_IS, Workspace
 from toka.tools.server import MAX_BODY, ToolServer, probe
 
 
@@ -17,7 +18,7 @@ def sock(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "a.txt").write_text("A")
     path = str(tmp_path / "tools.sock")
-    server = ToolServer(path, tmp_path / "ws", "seeded")
+    server = ToolServer(path, tmp_path / "ws", Workspace(tmp_path / "ws", dict(AS_IS), {}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

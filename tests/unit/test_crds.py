@@ -107,6 +107,7 @@ def test_the_agent_status_has_both_owners_fields_and_the_kernels_are_under_run()
         "lastObservation",
         "denials",
         "spawnRequests",
+        "workspace",
     } == set(status["status.run"]["properties"])
 
 

@@ -33,9 +33,23 @@ def tmpl(name: str, deps: list[str] | None = None, priority: int = 0) -> JSON:
     return out
 
 
+BASE = "b" * 40
+
+
+def commit_of(name: str) -> str:
+    return (name.encode().hex() + "c" * 40)[:40]
+
+
 def observed(
-    name: str, phase: str, *, tokens: int = 0, summary: str | None = None, suspend: bool = False
+    name: str,
+    phase: str,
+    *,
+    tokens: int = 0,
+    summary: str | None = None,
+    suspend: bool = False,
+    result: bool = True,
 ) -> Agent:
+    """An Agent as the operator reads it; a succeeded one has reported its result commit."""
     run: JSON = {
         "usage": {"requests": 1, "inputTokens": tokens, "outputTokens": 0},
         "tasks": [
@@ -46,6 +60,13 @@ def observed(
             }
         ],
     }
+    if phase == "Succeeded" and result:
+        run["workspace"] = {
+            "state": "Ready",
+            "base": BASE,
+            "start": BASE,
+            "result": {"commit": commit_of(name), "filesChanged": 1, "insertions": 2},
+        }
     return Agent.model_validate(
         {
             "metadata": {"name": f"s-{name}", "namespace": "ns", "uid": f"{name}-uid"},
@@ -153,7 +174,7 @@ def test_handoff_carries_each_dependencys_summaries() -> None:
         NOW,
     )
     handoff = plan.create[0]["spec"]["handoff"]
-    assert handoff[0] == {"agent": "a", "summary": "t: fixed the build"}
+    assert (handoff[0]["agent"], handoff[0]["summary"]) == ("a", "t: fixed the build")
     assert len(handoff[1]["summary"]) == 1024
 
 
@@ -414,3 +435,83 @@ def test_the_operator_never_writes_the_kernels_run() -> None:
     status = {"run": {"progress": "1/1"}, "phase": "Running"}
     plan = compute_agent_plan(agent_body(status), [pod(1, "Running")], NOW)
     assert "run" not in plan.status.merge_patch(exclude=frozenset({"run"}))
+
+
+def test_a_dependent_waits_until_its_dependency_reported_its_result() -> None:
+    spec = session([tmpl("a"), tmpl("b", ["a"])])
+    waiting = compute_session_plan(spec, {"a": observed("a", "Succeeded", result=False)}, NOW)
+    assert created(waiting) == []
+    assert waiting.requeue_after == 2
+    ready = compute_session_plan(spec, {"a": observed("a", "Succeeded")}, NOW)
+    assert created(ready) == ["b"]
+
+
+def test_a_dependents_handoff_names_each_dependencys_commit_in_depends_on_order() -> None:
+    spec = session([tmpl("a"), tmpl("b"), tmpl("c", ["b", "a"])])
+    seen = {"a": observed("a", "Succeeded"), "b": observed("b", "Succeeded")}
+    (agent,) = compute_session_plan(spec, seen, NOW).create
+    handoff = agent["spec"]["handoff"]
+    assert [(h["agent"], h["commit"], h["base"]) for h in handoff] == [
+        ("b", commit_of("b"), BASE),
+        ("a", commit_of("a"), BASE),
+    ]
+
+
+def test_on_success_the_session_result_merges_the_agents_nothing_depends_on() -> None:
+    spec = session([tmpl("a"), tmpl("b", ["a"]), tmpl("c", ["a"])])
+    seen = {n: observed(n, "Succeeded") for n in "abc"}
+    plan = compute_session_plan(spec, seen, NOW)
+    assert plan.status.phase == "Succeeded"
+    assert [(i.agent, i.object_name, i.commit) for i in plan.result_inputs] == [
+        ("b", "s-b", commit_of("b")),
+        ("c", "s-c", commit_of("c")),
+    ]
+    members = {m.name: m.result.commit for m in plan.status.members or [] if m.result}
+    assert members == {n: commit_of(n) for n in "abc"}
+
+
+def test_a_session_whose_result_is_made_asks_for_it_no_more() -> None:
+    done = {"phase": "Succeeded", "result": {"commit": commit_of("b"), "base": BASE}}
+    spec = session([tmpl("a"), tmpl("b", ["a"])], status=done)
+    plan = compute_session_plan(spec, {n: observed(n, "Succeeded") for n in "ab"}, NOW)
+    assert plan.result_inputs == []
+    assert plan.status.result is not None
+    assert plan.status.result.commit == commit_of("b")
+
+
+def test_agents_sharing_a_volume_carry_no_results() -> None:
+    spec = session(
+        [tmpl("a"), tmpl("b", ["a"])], workspace={"persistentVolumeClaim": {"claimName": "pvc"}}
+    )
+    plan = compute_session_plan(spec, {"a": observed("a", "Succeeded", result=False)}, NOW)
+    assert created(plan) == ["b"]
+
+
+def failed_workspace(reason: str) -> JSON:
+    return {
+        "run": {"workspace": {"state": "Failed", "reason": reason, "message": f"{reason} in x.py"}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("reason", "pod_phase", "outcome"),
+    [
+        ("MergeConflict", "Failed", "Failed"),  # another attempt would conflict again
+        ("GitAuthFailed", "Failed", "Failed"),
+        ("ResultTooLarge", "Failed", "Failed"),
+        ("PushFailed", "Succeeded", "Failed"),  # the work is done but not delivered
+        ("ResultMissing", "Failed", "Pending"),  # maybe not there yet: a new attempt
+    ],
+)
+def test_a_workspace_failure_ends_or_retries_the_agent(
+    reason: str, pod_phase: str, outcome: str
+) -> None:
+    plan = compute_agent_plan(agent_body(failed_workspace(reason)), [pod(1, pod_phase)], NOW)
+    assert plan.status.phase == outcome
+    if outcome == "Failed":
+        failed = next(c for c in plan.status.conditions or [] if c.type == "Failed")
+        assert failed.reason == reason
+        assert "x.py" in failed.message
+        assert plan.create_attempt is None
+    else:
+        assert plan.create_attempt == 2

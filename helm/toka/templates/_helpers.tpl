@@ -51,9 +51,17 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 # Before a pod is made, the key Secret, the replay recording and the workspace
 # ConfigMap are looked up so that a missing one is named in a condition
 # (SecretNotFound, ConfigMapNotFound) instead of a pod stuck in ContainerCreating.
+# The git credentials Secret is read to make and push the session's result.
 - apiGroups: [""]
-  resources: [secrets, configmaps]
+  resources: [secrets]
   verbs: [get]
+# Results: each Agent's result ConfigMap (created empty with its first pod, then
+# written by its kernel: the Agent's Role grants get/patch on that one name, which
+# RBAC lets the operator grant only because it holds these verbs itself), and each
+# session's result ConfigMap, made once when it succeeds.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
 # Events for every transition and denial (the operator's and Kopf's own).
 - apiGroups: ["", events.k8s.io]
   resources: [events]

@@ -46,6 +46,16 @@ class Executor:
 
     async def run(self) -> int:
         self.me = await self.kernel.describe()
+        workspace = self.me.get("workspace") or {}
+        if workspace.get("state") == "Failed":
+            # Before any LLM call: the work would start from the wrong files.
+            print(
+                f"toka agent: the workspace could not be set up: {workspace.get('reason')}: "
+                f"{workspace.get('message')}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
         grant = Grant.from_strings(self.me["capabilities"])
         todo = [t for t in self.me["tasks"] if t["state"] != "Succeeded"]
         done = len(self.me["tasks"]) - len(todo)

@@ -205,14 +205,57 @@ class LLMSpec(KubeModel):
 # --- workspace, limits, pod template -------------------------------------------------
 
 
-class GitSource(KubeModel):
-    """A git repository cloned into /workspace by the tools sidecar before the agent starts."""
+class LocalObjectReference(KubeModel):
+    name: ObjectName = Field(description="Name of the object in the same namespace.")
 
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
-        description="Repository URL (https:// or a path the tools container can reach)."
+
+class GitPush(KubeModel):
+    """Where results are pushed: refs under one branch prefix, created and never moved."""
+
+    branch: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._{}-]+(/[A-Za-z0-9._{}-]+)*$"
+        ),
+    ] = Field(
+        default="toka/{session}",
+        description="Branch prefix; `{session}` is the session's name. Each agent's result goes "
+        "to <branch>/agents/<agent>, the session's to <branch>/result. Refs are only created: "
+        "an existing one is never moved, deleted or force-pushed, and the base branch is never "
+        "written.",
     )
+
+
+class GitSource(KubeModel):
+    """A git repository: the base of every agent's workspace, cloned through the kernel."""
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": k8s(
+            rules=[
+                (
+                    "!self.url.matches('^[a-z]+://[^/]*@')",
+                    "url must not hold credentials (user:password@); put them in a Secret "
+                    "named by credentialsSecretRef",
+                    ".url",
+                )
+            ]
+        )
+    }
+
+    url: Annotated[
+        str, StringConstraints(min_length=1, max_length=2048, pattern=r"^https?://[^\s/]+\S*$")
+    ] = Field(description="Repository URL (http:// or https://), without credentials.")
     ref: Annotated[str, StringConstraints(max_length=256)] | None = Field(
         default=None, description="Branch, tag or commit to check out. Default: the remote HEAD."
+    )
+    credentials_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Secret with `username` and `password` (or `token`) keys for a private "
+        "repository. Mounted into the kernel only: the tools and agent containers never see it.",
+    )
+    push: GitPush | None = Field(
+        default=None,
+        description="Push each agent's result and the session's result to this repository.",
     )
 
 
@@ -294,10 +337,6 @@ class Toleration(KubeModel):
     toleration_seconds: int | None = Field(
         default=None, ge=0, description="How long a NoExecute taint is tolerated."
     )
-
-
-class LocalObjectReference(KubeModel):
-    name: ObjectName = Field(description="Name of the object in the same namespace.")
 
 
 class ServiceAccountTemplate(KubeModel):
@@ -507,6 +546,24 @@ class Member(KubeModel):
         default=None, description='Tasks done out of total, "done/total".'
     )
     agent: ObjectName | None = Field(default=None, description="Name of the Agent object.")
+    result: ResultCommit | None = Field(default=None, description="The agent's result commit.")
+
+
+class SessionResult(KubeModel):
+    commit: CommitId = Field(
+        description="The session's result: the merge of the results of the agents nothing "
+        "depends on."
+    )
+    base: CommitId = Field(description="The base commit every agent started from.")
+    config_map: ObjectName | None = Field(
+        default=None, description="ConfigMap holding it as a git bundle (see `toka export`)."
+    )
+    pushed_ref: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The ref it was pushed to, if a push is configured."
+    )
+    files_changed: int = Field(default=0, ge=0, description="Files changed since the base.")
+    insertions: int = Field(default=0, ge=0, description="Lines added since the base.")
+    deletions: int = Field(default=0, ge=0, description="Lines removed since the base.")
 
 
 class Budget(KubeModel):
@@ -546,15 +603,30 @@ class AgentSessionStatus(KubeModel):
     start_time: Timestamp | None = Field(default=None, description="When the first agent started.")
     completion_time: Timestamp | None = Field(default=None, description="When the session ended.")
     message: ShortText | None = Field(default=None, description="Human-readable summary.")
+    result: SessionResult | None = Field(
+        default=None, description="The session's result, once it succeeded."
+    )
     conditions: Conditions | None = Field(
         default=None,
         description="Ready, Progressing, Succeeded, Failed, BudgetExceeded, DeadlineExceeded.",
     )
 
 
+CommitId = Annotated[
+    str, StringConstraints(max_length=64, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+]
+
+
 class HandoffEntry(KubeModel):
     agent: DnsLabel = Field(description="The dependency that produced this summary.")
     summary: Summary = Field(description="Its task summaries, joined (at most 1 KiB).")
+    commit: CommitId | None = Field(
+        default=None,
+        description="The dependency's result commit, merged into this agent's workspace.",
+    )
+    base: CommitId | None = Field(
+        default=None, description="The base commit the dependency started from."
+    )
 
 
 class SessionRef(KubeModel):
@@ -667,6 +739,47 @@ class SpawnRequest(KubeModel):
     )
 
 
+class ResultCommit(KubeModel):
+    commit: CommitId = Field(description="The result commit (the last task's, or the start).")
+    parents: list[CommitId] | None = Field(
+        default=None, max_length=MAX_DEPENDS_ON + 1, description="Parents of the result commit."
+    )
+    files_changed: int = Field(default=0, ge=0, description="Files changed since the base.")
+    insertions: int = Field(default=0, ge=0, description="Lines added since the base.")
+    deletions: int = Field(default=0, ge=0, description="Lines removed since the base.")
+
+
+class WorkspaceState(StrEnum):
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class WorkspaceStatus(KubeModel):
+    """The agent's git work tree: where it started and what it made."""
+
+    state: WorkspaceState = Field(description="Ready, or Failed (reason and message say why).")
+    reason: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None,
+        description="Why it failed: MergeConflict, GitAuthFailed, GitCloneFailed, "
+        "ResultTooLarge, ResultMissing, PushFailed.",
+    )
+    message: ShortText | None = Field(default=None, description="Details, paths named.")
+    base: CommitId | None = Field(default=None, description="The session's base commit.")
+    start: CommitId | None = Field(
+        default=None, description="The commit the agent started from: base and inputs merged."
+    )
+    merged: list[DnsLabel] | None = Field(
+        default=None, max_length=MAX_DEPENDS_ON, description="Dependencies merged, in order."
+    )
+    result: ResultCommit | None = Field(default=None, description="The latest result.")
+    bundle_bytes: int | None = Field(
+        default=None, ge=0, description="Size of the result bundle in the result ConfigMap."
+    )
+    pushed_ref: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The ref the result was pushed to, if a push is configured."
+    )
+
+
 class RunStatus(KubeModel):
     """Written only by the agent's kernel, whole, by merge patch."""
 
@@ -696,6 +809,9 @@ class RunStatus(KubeModel):
         max_length=8,
         description="Sub-agents the agent asked for; answered in status.spawnResults.",
         json_schema_extra=k8s(list_type="map", map_keys=["id"]),
+    )
+    workspace: WorkspaceStatus | None = Field(
+        default=None, description="The git work tree: start, result commit, failure reason."
     )
 
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from toka.api.models import Agent, AgentLimits
+from toka.api.models import Agent, AgentLimits, AgentSession
 from toka.controller.builders.meta import owned_by
 from toka.controller.builders.names import LABEL_SESSION
 from toka.controller.builders.pod import (
     PodConfig,
     build_agent_pod,
+    build_result_configmap,
     build_role,
     build_role_binding,
     build_service_account,
@@ -37,9 +38,11 @@ from toka.controller.io import (
     post_event,
 )
 from toka.controller.reconcile.agent import compute_agent_plan, refuse_conflicting_child
-from toka.controller.reconcile.session import compute_session_plan
+from toka.controller.reconcile.session import SessionPlan, compute_session_plan
+from toka.controller.results import ResultError, ensure_session_result
 from toka.kube.client import (
     AGENTS,
+    CONFIGMAPS,
     PODS,
     ROLEBINDINGS,
     ROLES,
@@ -128,6 +131,8 @@ class Runtime:
         agents = await list_owned(self.kube, AGENTS, ns, f"{LABEL_SESSION}={name}", uid)
         observed = {a["spec"]["name"]: self._agent_model(a) for a in agents}
         plan = compute_session_plan(body, observed, utcnow())
+        if plan.result_inputs:
+            await self._session_result(body, plan)
 
         async def create(manifest: JSON) -> None:
             async with self._create_slots:
@@ -153,6 +158,20 @@ class Runtime:
             await patch_status(self.kube, SESSIONS, name, ns, plan.status.merge_patch())
         self._post_events(body, plan.events)
         return plan.requeue_after
+
+    async def _session_result(self, body: JSON, plan: SessionPlan) -> None:
+        """Merge the sink agents' results into the session's (once; retried until made)."""
+        workspace = AgentSession.model_validate(body).spec.workspace
+        try:
+            plan.status.result = await ensure_session_result(
+                self.kube, body, workspace, plan.result_inputs
+            )
+            plan.events.append(
+                ("Normal", "ResultReady", f"session result {plan.status.result.commit[:12]}")
+            )
+        except ResultError as err:
+            plan.events.append(("Warning", "ResultFailed", str(err)))
+            plan.requeue_after = 10
 
     # --- agents ---------------------------------------------------------------
 
@@ -191,6 +210,7 @@ class Runtime:
                 await asyncio.gather(
                     ensure_created(self.kube, SERVICEACCOUNTS, build_service_account(body)),
                     ensure_created(self.kube, ROLES, build_role(body)),
+                    ensure_created(self.kube, CONFIGMAPS, build_result_configmap(body)),
                 )
                 await ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body))
                 self._rbac_done.add(uid)

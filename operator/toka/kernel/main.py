@@ -21,6 +21,7 @@ from toka.api.capabilities import Grant
 from toka.api.models import Agent
 from toka.kernel.policy import Policy
 from toka.kernel.reporter import Reporter
+from toka.kernel.results import Remote, Results
 from toka.kernel.server import Kernel
 from toka.kube.client import AGENTS, ApiError, AsyncKube
 from toka.kube.config import KubeConfig, in_cluster
@@ -128,6 +129,22 @@ async def serve(config: KubeConfig | None = None) -> None:
     if gateway is not None:
         for secret in gateway.config.secrets():
             redactor.add(secret)
+    results = None
+    if os.environ.get("TOKA_RESULT_CONFIGMAP"):
+        remote = Remote.from_env(dict(os.environ), agent.spec.name or name)
+        for secret in remote.secrets if remote is not None else ():
+            redactor.add(secret)
+        results = Results(
+            kube=kube,
+            namespace=ns,
+            agent=name,
+            author=agent.spec.name or name,
+            configmap=os.environ["TOKA_RESULT_CONFIGMAP"],
+            reporter=reporter,
+            remote=remote,
+        )
+        if os.environ.get("TOKA_GIT_TOKEN_FILE"):
+            results.write_token(os.environ["TOKA_GIT_TOKEN_FILE"])
     kernel = Kernel(
         agent=name,
         spec=agent.spec,
@@ -137,6 +154,7 @@ async def serve(config: KubeConfig | None = None) -> None:
         gateway_error=gateway_error,
         tools_socket=os.environ.get("TOKA_TOOLS_SOCKET"),
         registry=registry,
+        results=results,
     )
     host, port = _split(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181"))
     runner = web.AppRunner(kernel.app(), access_log=None, shutdown_timeout=1.0)

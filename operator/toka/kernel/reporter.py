@@ -34,6 +34,7 @@ from toka.api.models import (
     TaskState,
     TaskStatus,
     Usage,
+    WorkspaceStatus,
 )
 from toka.kube.client import AGENTS, ApiError, AsyncKube
 
@@ -183,6 +184,13 @@ class Reporter:
         d = self.run.denials or Denials()
         self.run.denials = Denials(count=d.count + 1, last=truncate(reason, MAX_MESSAGE))
         self._touch()
+
+    def workspace(self, status: WorkspaceStatus) -> None:
+        """The git work tree's state and result: written at once (dependents wait on it)."""
+        self.run.workspace = status.model_copy(
+            update={"message": truncate(status.message, MAX_MESSAGE) if status.message else None}
+        )
+        self._touch(urgent=True)
 
     def spawn_request(self, request: SpawnRequest) -> bool:
         current = self.run.spawn_requests or []

@@ -32,6 +32,7 @@ from toka.api.models import AgentSpec, SpawnRequest, TaskSpec
 from toka.kernel.netfetch import FetchRefused, Resolve, fetch, system_resolve
 from toka.kernel.policy import Policy
 from toka.kernel.reporter import Reporter
+from toka.kernel.results import Results
 from toka.kernel.tooldefs import FINISH_TASK, SPAWN_AGENT, TOOLS, ToolDef
 from toka.llm import (
     BudgetExceeded,
@@ -189,6 +190,7 @@ class Kernel:
         tools_socket: str | None = None,
         resolve: Resolve = system_resolve,
         registry: CollectorRegistry | None = None,
+        results: Results | None = None,
     ):
         self.agent = agent
         self.spec = spec
@@ -203,6 +205,9 @@ class Kernel:
             base_url="http://tools",
             timeout=httpx.Timeout(660, connect=5),
         )
+        self.results = results
+        if results is not None:
+            results.attach(self._tools)
         self._follow_ups: dict[str, str] = {}
         self._openai_turns: dict[str, int] = {}
         self.registry = registry or CollectorRegistry()
@@ -215,6 +220,8 @@ class Kernel:
 
     async def aclose(self) -> None:
         await self._tools.aclose()
+        if self.results is not None:
+            await self.results.aclose()
         if self.gateway is not None:
             await self.gateway.aclose()
 
@@ -227,6 +234,8 @@ class Kernel:
         app.router.add_post("/v1/tools/{name}", self.tool)
         app.router.add_post("/v1/llm/complete", self.llm_complete)
         app.router.add_post("/openai/v1/chat/completions", self.openai_chat)
+        if self.results is not None:
+            self.results.routes(app)
         return app
 
     def metrics_app(self) -> web.Application:
@@ -278,7 +287,18 @@ class Kernel:
         grant = self.policy.grant
         return [t.spec for t in TOOLS.values() if f"{t.domain}:{t.action}" in grant]
 
+    async def _workspace_gate(self) -> web.Response | None:
+        """Nothing runs on a workspace that failed to be set up (a merge conflict, say)."""
+        if self.results is None:
+            return None
+        await self.results.refresh()
+        failed = self.results.failed
+        if failed is None:
+            return None
+        return _error(409, "workspace_failed", f"{failed.reason}: {failed.message}")
+
     async def describe(self, _: web.Request) -> web.Response:
+        workspace = await self.results.refresh() if self.results is not None else None
         spec = self.spec
         run = self.reporter.run
         states = {t.name: t for t in run.tasks or []}
@@ -322,6 +342,7 @@ class Kernel:
                     "temperature": llm.temperature if llm else None,
                     "available": "llm:complete" in self.policy.grant,
                 },
+                "workspace": workspace.wire() if workspace is not None else None,
             }
         )
 
@@ -352,7 +373,13 @@ class Kernel:
             if isinstance(msg, TaskStarted):
                 r.task_started(msg.task)
             elif isinstance(msg, TaskCompleted):
+                if self.results is not None:
+                    error = await self.results.task_completed(msg.task, msg.summary)
+                    if error is not None:
+                        return _error(409, "not_committed", error)
                 r.task_completed(msg.task, msg.summary)
+                if self.results is not None:
+                    await self.results.push_if_done()
             else:
                 r.task_failed(msg.task, msg.error)
         elif isinstance(msg, ScheduleAgentTask):
@@ -405,6 +432,9 @@ class Kernel:
         problems = schema_errors(args, tool.spec.parameters)
         if problems:
             return _error(422, "invalid", "; ".join(problems[:5]))
+        gate = await self._workspace_gate()
+        if gate is not None:
+            return gate
         target = tool.target(args)
         if tool.domain == "shell" and ("/" in target or target in ("", ".", "..")):
             decision = self.policy.deny(
@@ -495,7 +525,10 @@ class Kernel:
 
     # --- LLM ---------------------------------------------------------------------------
 
-    def _llm_gate(self, op: str) -> web.Response | None:
+    async def _llm_gate(self, op: str) -> web.Response | None:
+        workspace = await self._workspace_gate()
+        if workspace is not None:
+            return workspace
         decision = self.policy.check(op, "llm", "complete")
         self.decisions.labels(op, "allow" if decision.allowed else "deny").inc()
         if not decision.allowed:
@@ -534,7 +567,7 @@ class Kernel:
             call = LLMCall.model_validate(body)
         except ValidationError as err:
             return _error(422, "invalid", _validation(err))
-        gate = self._llm_gate("llm.complete")
+        gate = await self._llm_gate("llm.complete")
         if gate is not None:
             return gate
         assert self.gateway is not None
@@ -566,7 +599,7 @@ class Kernel:
                 {"error": {"message": msg, "type": "invalid_request_error", "code": "invalid"}},
                 status=400,
             )
-        gate = self._llm_gate("openai.chat")
+        gate = await self._llm_gate("openai.chat")
         if gate is not None:
             payload = json.loads(gate.text or "{}")
             return web.json_response(
@@ -780,4 +813,6 @@ def _bad_path(path: str) -> str | None:
         return "paths may not contain NUL bytes"
     if ".." in path.split("/"):
         return f"'..' is not allowed in paths: {path!r}"
+    if ".git" in path.split("/"):
+        return f"{path!r} is in the workspace's git metadata, which only Toka may touch"
     return None

@@ -10,10 +10,15 @@ output cap.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from toka.tools import gitws
 
 JSON = dict[str, Any]
 MAX_READ = 1_000_000
@@ -21,6 +26,9 @@ MAX_OUTPUT = 64_000
 MAX_LIST = 2000
 DEFAULT_TIMEOUT = 60
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+GIT_TOKEN_HEADER = "X-Toka-Git-Token"  # noqa: S105 (a header name)
+# A workspace used as it is (a shared volume): files, no git.
+AS_IS: JSON = {"state": "Ready", "git": False, "message": "used as it is (no git)"}
 
 
 class ToolError(Exception):
@@ -114,6 +122,8 @@ def shell_exec(workspace: Path, args: JSON) -> JSON:
         "HOME": str(workspace),
         "LANG": "C.UTF-8",
         "TMPDIR": "/tmp",
+        # Programs' caches are not the agent's work: they stay out of its result commits.
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
     try:
         proc = subprocess.run(
@@ -162,41 +172,117 @@ OPS = {
 }
 
 
-def seed(workspace: Path, seed_dir: str | None, git_url: str | None, git_ref: str | None) -> str:
-    """Fill an empty workspace from a ConfigMap (`a__b.py` is `a/b.py`) or a git clone."""
+def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
+    """Set up the workspace as the pod's environment says, once per pod; the outcome.
+
+    A tools restart within the pod finds the repository and its saved state.
+    A shared PersistentVolumeClaim is used as it is (no git: the agents
+    already share their files). Failures are an outcome, not an exit: the
+    kernel reads them, reports the reason on the Agent and refuses work.
+    """
     workspace.mkdir(parents=True, exist_ok=True)
-    if any(workspace.iterdir()):
-        return "workspace already has files; not seeding"
-    if seed_dir:
-        count = 0
-        for name in sorted(os.listdir(seed_dir)):
-            if name.startswith(".."):
-                continue  # the ConfigMap volume's own bookkeeping
-            target = confine(workspace, name.replace("__", "/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(Path(seed_dir, name).read_bytes())
-            count += 1
-        return f"seeded {count} files from the ConfigMap"
-    if git_url:
-        argv = [
-            "git",
-            "clone",
-            "--depth",
-            "1",
-            *(["--branch", git_ref] if git_ref else []),
-            git_url,
-            str(workspace),
-        ]
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            timeout=600,
-            check=False,
-            env={"PATH": CLEAN_PATH, "HOME": "/tmp", "GIT_TERMINAL_PROMPT": "0"},
-        )
-        if proc.returncode != 0:
-            raise ToolError(
-                f"git clone {git_url} failed: {proc.stderr.decode(errors='replace')[-500:]}"
+    if env.get("TOKA_WORKSPACE_SHARED"):
+        return dict(AS_IS)
+    saved = gitws.load_state(workspace)
+    if saved is not None:
+        return saved
+    try:
+        if any(workspace.iterdir()):
+            raise gitws.GitError("InvalidWorkspace", "the workspace volume is not empty")
+        inputs = [gitws.Input(**i) for i in json.loads(env.get("TOKA_WORKSPACE_INPUTS") or "[]")]
+        resume_dir = env.get("TOKA_WORKSPACE_RESUME_DIR")
+        resume = None
+        if resume_dir and Path(resume_dir, "commit").is_file():
+            resume = gitws.Input(
+                agent=env.get("TOKA_AGENT_NAME", "agent"),
+                commit=Path(resume_dir, "commit").read_text().strip(),
+                bundle=str(Path(resume_dir, "bundle")),
             )
-        return f"cloned {git_url}"
-    return "empty workspace"
+        seed_dir = env.get("TOKA_WORKSPACE_SEED_DIR")
+        prepared = gitws.prepare(
+            workspace,
+            seed=gitws.seed_files_from_dir(seed_dir) if seed_dir else None,
+            git_url=env.get("TOKA_WORKSPACE_GIT_URL"),
+            fetch_url=kernel_git_url(env),
+            git_ref=env.get("TOKA_WORKSPACE_GIT_REF"),
+            base=env.get("TOKA_WORKSPACE_BASE"),
+            headers=kernel_git_headers(env),
+            inputs=inputs,
+            resume=resume,
+            author=env.get("TOKA_AGENT_NAME", "agent"),
+        )
+        state: JSON = {"state": "Ready", "git": True, **prepared.wire()}
+    except gitws.GitError as err:
+        state = {"state": "Failed", "reason": err.reason, "message": str(err), "paths": err.paths}
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError) as err:
+        state = {"state": "Failed", "reason": "WorkspaceFailed", "message": str(err)[:500]}
+    if state["state"] == "Ready":
+        gitws.save_state(workspace, state)
+    return state
+
+
+def kernel_git_url(env: Mapping[str, str]) -> str | None:
+    """The kernel's git proxy: the only way to the session's remote, credential added there."""
+    addr = env.get("TOKA_KERNEL_ADDR")
+    return f"http://{addr}/git/repo" if addr and env.get("TOKA_WORKSPACE_GIT_URL") else None
+
+
+def kernel_git_headers(env: Mapping[str, str]) -> list[str]:
+    """The pod-local token that tells the kernel's proxy a request comes from this sidecar."""
+    path = env.get("TOKA_GIT_TOKEN_FILE")
+    if not path:
+        return []
+    try:
+        return [f"{GIT_TOKEN_HEADER}: {Path(path).read_text().strip()}"]
+    except OSError:
+        return []
+
+
+class Workspace:
+    """The git side of the workspace, for the kernel only (agents never reach these ops)."""
+
+    def __init__(self, root: Path, state: JSON, env: Mapping[str, str]):
+        self.root = root
+        self.state = state
+        self.env = env
+
+    def require_git(self) -> str:
+        if self.state.get("state") != "Ready" or not self.state.get("git"):
+            raise ToolError(f"the workspace is not a git work tree: {self.state}", status=409)
+        return str(self.state["base"])
+
+    def status(self, _: JSON) -> JSON:
+        return self.state
+
+    def commit(self, args: JSON) -> JSON:
+        base = self.require_git()
+        message, author = args.get("message"), args.get("author")
+        if not isinstance(message, str) or not isinstance(author, str) or not author:
+            raise ToolError("message and author must be strings")
+        try:
+            commit = gitws.commit_all(self.root, message, author)
+            result = gitws.describe(self.root, base)
+            data = gitws.bundle(self.root, base)
+        except gitws.GitError as err:
+            raise ToolError(f"{err.reason}: {err}", status=409) from None
+        return {
+            "committed": commit is not None,
+            "result": result,
+            "bundle": base64.b64encode(data).decode(),
+        }
+
+    def push(self, args: JSON) -> JSON:
+        self.require_git()
+        ref = args.get("ref")
+        url = kernel_git_url(self.env) or (
+            f"http://{self.env.get('TOKA_KERNEL_ADDR')}/git/repo"
+            if self.env.get("TOKA_KERNEL_ADDR")
+            else None
+        )
+        if not isinstance(ref, str) or not url:
+            raise ToolError("ref must be a string, and the kernel's address known")
+        try:
+            gitws.push(self.root, url, ref, kernel_git_headers(self.env))
+        except gitws.GitError as err:
+            raise ToolError(f"{err.reason}: {err}", status=409) from None
+        return {"pushed": ref}

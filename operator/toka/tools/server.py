@@ -12,16 +12,18 @@ sidecar a third more memory (DESIGN §10: tools ≤ 15 MB).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import socketserver
 import sys
+from collections.abc import Callable
 from http import HTTPStatus  # the enum only: not http.client, email or ssl
 from pathlib import Path
 from typing import Any
 
-from toka.tools.ops import OPS, ToolError, seed
+from toka.tools.ops import OPS, ToolError, Workspace, prepare_workspace
 
 MAX_BODY = 2_000_000
 MAX_HEADER_LINES = 100
@@ -81,8 +83,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
         if method == "GET" and path == "/healthz":
-            return 200, {"ok": True, "seed": self.server.seed_message}
-        op = OPS.get(path.lstrip("/")) if method == "POST" else None
+            return 200, {"ok": True, "workspace": self.server.workspace_ops.state}
+        name = path.lstrip("/")
+        op = self.server.handlers.get(name) if method == "POST" else None
         if op is None:
             return 404, {"error": f"unknown tool {path.lstrip('/')!r}"}
         if body is None:
@@ -91,7 +94,10 @@ class _Handler(socketserver.StreamRequestHandler):
             args = json.loads(body or b"{}")
             if not isinstance(args, dict):
                 raise ValueError("body is not an object")
-            return 200, op(self.server.workspace, args)
+            state = self.server.workspace_ops.state
+            if name in OPS and state.get("state") != "Ready":
+                return 409, {"error": f"the workspace is not ready: {state.get('message')}"}
+            return 200, op(args)
         except ToolError as err:
             return err.status, {"error": str(err)}
         except ValueError as err:
@@ -111,9 +117,17 @@ class _Handler(socketserver.StreamRequestHandler):
 class ToolServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, workspace: Path, seed_message: str):
+    def __init__(self, path: str, workspace: Path, workspace_ops: Workspace):
         self.workspace = workspace
-        self.seed_message = seed_message
+        self.workspace_ops = workspace_ops
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            name: functools.partial(op, workspace) for name, op in OPS.items()
+        } | {
+            # The kernel's own steps; the kernel never forwards an agent's call to these.
+            "workspace.status": workspace_ops.status,
+            "git.commit": workspace_ops.commit,
+            "git.push": workspace_ops.push,
+        }
         if os.path.exists(path):
             os.unlink(path)
         super().__init__(path, _Handler)
@@ -139,17 +153,20 @@ def main(argv: list[str]) -> int:
     if "--probe" in argv:
         return probe(path)
     workspace = Path(os.environ.get("TOKA_WORKSPACE", "/workspace"))
-    try:
-        message = seed(
-            workspace,
-            os.environ.get("TOKA_WORKSPACE_SEED_DIR"),
-            os.environ.get("TOKA_WORKSPACE_GIT_URL"),
-            os.environ.get("TOKA_WORKSPACE_GIT_REF"),
-        )
-    except (ToolError, OSError) as err:
-        print(f"toka tools: cannot seed the workspace: {err}", file=sys.stderr, flush=True)
-        return 1
-    print(f"toka tools: {message}; serving on {path}", flush=True)
-    with ToolServer(path, workspace, message) as server:
+    state = prepare_workspace(workspace, os.environ)
+    if state["state"] == "Ready":
+        print(f"toka tools: workspace ready ({_describe(state)}); serving on {path}", flush=True)
+    else:
+        # Served anyway: the kernel reads the reason and reports it on the Agent.
+        print(f"toka tools: workspace failed: {state['message']}", file=sys.stderr, flush=True)
+    with ToolServer(path, workspace, Workspace(workspace, state, os.environ)) as server:
         server.serve_forever()
     return 0
+
+
+def _describe(state: dict[str, Any]) -> str:
+    if not state.get("git"):
+        return str(state.get("message"))
+    merged = ", ".join(state.get("merged") or []) or "nothing"
+    how = "resumed at" if state.get("resumed") else f"merged {merged} into"
+    return f"base {str(state['base'])[:12]}, {how} {str(state['start'])[:12]}"

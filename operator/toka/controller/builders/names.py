@@ -37,3 +37,14 @@ def attempt_of(pod: str, agent: str) -> int | None:
         return None
     tail = pod[len(prefix) :]
     return int(tail) if tail.isdigit() else None
+
+
+def result_configmap_name(agent: str) -> str:
+    """The ConfigMap holding an Agent's result bundle. Object names are DNS labels (no
+    dots), so the dotted suffix keeps it apart from any other object's name."""
+    return f"{agent}.result"
+
+
+def session_result_configmap_name(session: str) -> str:
+    """The ConfigMap holding a session's result bundle."""
+    return f"{session}.session-result"

@@ -15,6 +15,7 @@ RuntimeDefault; `tools` runs as another UID than `kernel`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,9 @@ from toka.controller.builders.names import (
     LABEL_SESSION,
     LABEL_WORKSTREAM,
     MANAGED_BY,
+    agent_object_name,
     pod_name,
+    result_configmap_name,
 )
 
 JSON = dict[str, Any]
@@ -37,6 +40,10 @@ KEY_DIR = "/etc/toka/llm"
 REPLAY_DIR = "/etc/toka/replay"
 SEED_DIR = "/etc/toka/seed"
 SOCKET_DIR = "/run/toka"
+GIT_TOKEN_FILE = f"{SOCKET_DIR}/git-token"
+GIT_CREDENTIALS_DIR = "/etc/toka/git"
+INPUTS_DIR = "/etc/toka/inputs"
+RESULT_DIR = "/etc/toka/result"
 WORKSPACE = "/workspace"
 KERNEL_UID, TOOLS_UID, AGENT_UID = 10001, 10002, 10003
 
@@ -179,17 +186,6 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
 
     workspace = spec.workspace
     size = workspace.size_limit if workspace and workspace.size_limit else config.workspace_size
-    if workspace is not None and workspace.persistent_volume_claim is not None:
-        volumes.append(
-            {
-                "name": "workspace",
-                "persistentVolumeClaim": {
-                    "claimName": workspace.persistent_volume_claim.claim_name
-                },
-            }
-        )
-    else:
-        volumes.append({"name": "workspace", "emptyDir": {"sizeLimit": size}})
     tools_env = [
         *common_env,
         {"name": "TOKA_TOOLS_SOCKET", "value": socket},
@@ -200,15 +196,19 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         {"name": "kernel-tools", "mountPath": SOCKET_DIR},
         {"name": "tools-tmp", "mountPath": "/tmp"},
     ]
-    if workspace is not None and workspace.config_map:
-        volumes.append({"name": "workspace-seed", "configMap": {"name": workspace.config_map}})
-        tools_mounts.append({"name": "workspace-seed", "mountPath": SEED_DIR, "readOnly": True})
-        tools_env.append({"name": "TOKA_WORKSPACE_SEED_DIR", "value": SEED_DIR})
-    if workspace is not None and workspace.git is not None:
-        tools_env.append({"name": "TOKA_WORKSPACE_GIT_URL", "value": workspace.git.url})
-        if workspace.git.ref:
-            tools_env.append({"name": "TOKA_WORKSPACE_GIT_REF", "value": workspace.git.ref})
-
+    if workspace is not None and workspace.persistent_volume_claim is not None:
+        volumes.append(
+            {
+                "name": "workspace",
+                "persistentVolumeClaim": {
+                    "claimName": workspace.persistent_volume_claim.claim_name
+                },
+            }
+        )
+        tools_env.append({"name": "TOKA_WORKSPACE_SHARED", "value": "1"})
+    else:
+        volumes.append({"name": "workspace", "emptyDir": {"sizeLimit": size}})
+        _add_git_workspace(agent, name, volumes, kernel_env, kernel_mounts, tools_env, tools_mounts)
     labels = {
         LABEL_AGENT: name,
         LABEL_ATTEMPT: str(attempt),
@@ -307,6 +307,100 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
     }
 
 
+def _add_git_workspace(
+    agent: Agent,
+    name: str,
+    volumes: list[JSON],
+    kernel_env: list[JSON],
+    kernel_mounts: list[JSON],
+    tools_env: list[JSON],
+    tools_mounts: list[JSON],
+) -> None:
+    """The workspace as a git work tree: its base, the dependencies' results to merge
+    (their bundles, mounted read-only into tools), this agent's own earlier result (to
+    resume from), and for the kernel the result ConfigMap it writes and the git remote
+    it alone may reach with the credential."""
+    spec = agent.spec
+    workspace = spec.workspace
+    session = spec.session_ref.name if spec.session_ref else None
+    result_cm = result_configmap_name(name)
+    kernel_env += [
+        {"name": "TOKA_RESULT_CONFIGMAP", "value": result_cm},
+        {"name": "TOKA_SESSION", "value": session or spec.name or name},
+        {"name": "TOKA_GIT_TOKEN_FILE", "value": GIT_TOKEN_FILE},
+    ]
+    tools_env.append({"name": "TOKA_GIT_TOKEN_FILE", "value": GIT_TOKEN_FILE})
+    if workspace is not None and workspace.config_map:
+        volumes.append({"name": "workspace-seed", "configMap": {"name": workspace.config_map}})
+        tools_mounts.append({"name": "workspace-seed", "mountPath": SEED_DIR, "readOnly": True})
+        tools_env.append({"name": "TOKA_WORKSPACE_SEED_DIR", "value": SEED_DIR})
+    git = workspace.git if workspace is not None else None
+    if git is not None:
+        kernel_env.append({"name": "TOKA_WORKSPACE_GIT_URL", "value": git.url})
+        tools_env.append({"name": "TOKA_WORKSPACE_GIT_URL", "value": git.url})
+        if git.ref:
+            kernel_env.append({"name": "TOKA_WORKSPACE_GIT_REF", "value": git.ref})
+            tools_env.append({"name": "TOKA_WORKSPACE_GIT_REF", "value": git.ref})
+        if git.push is not None:
+            kernel_env.append({"name": "TOKA_GIT_PUSH_BRANCH", "value": git.push.branch})
+        if git.credentials_secret_ref is not None:
+            volumes.append(
+                {
+                    "name": "git-credentials",
+                    "secret": {
+                        "secretName": git.credentials_secret_ref.name,
+                        "defaultMode": 0o440,
+                    },
+                }
+            )
+            kernel_mounts.append(
+                {"name": "git-credentials", "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True}
+            )
+            kernel_env.append({"name": "TOKA_GIT_CREDENTIALS_DIR", "value": GIT_CREDENTIALS_DIR})
+    base = next((e.base for e in spec.handoff or [] if e.base), None)
+    if base is not None:
+        # Every agent of a session starts from the same base, even if the branch moved.
+        tools_env.append({"name": "TOKA_WORKSPACE_BASE", "value": base})
+    inputs = []
+    for i, entry in enumerate(spec.handoff or []):
+        if session is None or entry.commit is None or entry.commit == entry.base:
+            continue  # nothing beyond the base to merge
+        volume = f"input-{i}"
+        dependency = agent_object_name(session, entry.agent)
+        volumes.append(
+            {
+                "name": volume,
+                "configMap": {"name": result_configmap_name(dependency), "optional": True},
+            }
+        )
+        mount = f"{INPUTS_DIR}/{entry.agent}"
+        tools_mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
+        inputs.append({"agent": entry.agent, "commit": entry.commit, "bundle": f"{mount}/bundle"})
+    if inputs:
+        tools_env.append({"name": "TOKA_WORKSPACE_INPUTS", "value": json.dumps(inputs)})
+    # This agent's own result so far: a new attempt continues from it.
+    volumes.append({"name": "result", "configMap": {"name": result_cm, "optional": True}})
+    tools_mounts.append({"name": "result", "mountPath": RESULT_DIR, "readOnly": True})
+    tools_env.append({"name": "TOKA_WORKSPACE_RESUME_DIR", "value": RESULT_DIR})
+
+
+def build_result_configmap(agent_body: JSON) -> JSON:
+    """Where the Agent's kernel leaves its result (a git bundle and its commit); owned by
+    the Agent, written only by that kernel (its Role names this one ConfigMap)."""
+    meta = agent_body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": result_configmap_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {LABEL_AGENT: meta["name"], LABEL_MANAGED_BY: MANAGED_BY},
+            "ownerReferences": [owner_reference(agent_body)],
+        },
+        "data": {},
+    }
+
+
 def build_service_account(agent_body: JSON) -> JSON:
     agent = Agent.model_validate(agent_body)
     annotations = {}
@@ -329,7 +423,7 @@ def build_service_account(agent_body: JSON) -> JSON:
 
 
 def build_role(agent_body: JSON) -> JSON:
-    """`get` and `patch` on this one Agent's status, nothing else."""
+    """`get` and `patch` on this one Agent's status and its result ConfigMap, nothing else."""
     meta = agent_body["metadata"]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -346,7 +440,13 @@ def build_role(agent_body: JSON) -> JSON:
                 "resources": ["agents/status"],
                 "resourceNames": [meta["name"]],
                 "verbs": ["get", "patch"],
-            }
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [result_configmap_name(meta["name"])],
+                "verbs": ["get", "patch"],
+            },
         ],
     }
 

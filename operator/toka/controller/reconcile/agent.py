@@ -19,6 +19,7 @@ from toka.api.models import (
     AgentStatus,
     SpawnResult,
     TaskState,
+    WorkspaceState,
 )
 from toka.controller.builders.names import attempt_of
 from toka.controller.reconcile.spawn import carved_tokens, compute_spawn_plan
@@ -26,6 +27,14 @@ from toka.controller.reconcile.spawn import carved_tokens, compute_spawn_plan
 JSON = dict[str, Any]
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+# Workspace failures that another attempt would meet again: the Agent fails at once.
+PERMANENT_WORKSPACE_FAILURES = (
+    "MergeConflict",
+    "GitAuthFailed",
+    "ResultTooLarge",
+    "BaseMismatch",
+    "InvalidWorkspace",
+)
 WARN_REASONS = (
     "ImagePullBackOff",
     "SecretNotFound",
@@ -127,6 +136,11 @@ def compute_agent_plan(
     )
     attempts = max(current_attempt, prev.attempts or 0)
     run = prev.run
+    workspace_failure = (
+        run.workspace
+        if run and run.workspace and run.workspace.state == WorkspaceState.FAILED
+        else None
+    )
     conditions: list[Condition] = []
     phase = prev.phase or AgentPhase.PENDING
     message = prev.message or ""
@@ -146,6 +160,21 @@ def compute_agent_plan(
     elif current is not None and current["metadata"].get("deletionTimestamp"):
         message = f"waiting for pod {current['metadata']['name']} to terminate"
         plan.requeue_after = 1
+    elif (
+        current is not None
+        and workspace_failure is not None
+        and (
+            pod_phase == "Succeeded"
+            or (pod_phase == "Failed" and workspace_failure.reason in PERMANENT_WORKSPACE_FAILURES)
+        )
+    ):
+        reason = workspace_failure.reason or "WorkspaceFailed"
+        phase, message = AgentPhase.FAILED, f"{reason}: {workspace_failure.message}"
+        conditions += [
+            cond("Failed", True, reason, message),
+            cond("Succeeded", False, reason),
+            cond("Progressing", False, "Failed"),
+        ]
     elif current is not None and pod_phase == "Succeeded":
         phase, message = AgentPhase.SUCCEEDED, f"all tasks done in attempt {current_attempt}"
         conditions += [

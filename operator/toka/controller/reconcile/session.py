@@ -28,6 +28,8 @@ from toka.api.models import (
     SessionPhase,
     TaskState,
     Usage,
+    WorkspaceSpec,
+    WorkspaceStatus,
 )
 from toka.controller.builders.agent import build_agent
 from toka.controller.reconcile.dag import dependents, find_cycle
@@ -35,6 +37,16 @@ from toka.controller.reconcile.dag import dependents, find_cycle
 JSON = dict[str, Any]
 TERMINAL = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
 HANDOFF_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class ResultInput:
+    """A sink agent's result, for the session's result (the merge of them all)."""
+
+    agent: str
+    object_name: str
+    commit: str
+    base: str
 
 
 @dataclass
@@ -46,6 +58,15 @@ class SessionPlan:
     status: AgentSessionStatus = field(default_factory=AgentSessionStatus)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
+    # Set once the session succeeded and has no result yet: the I/O layer merges these.
+    result_inputs: list[ResultInput] = field(default_factory=list)
+
+
+def result_of(agent: Agent | None) -> WorkspaceStatus | None:
+    """An Agent's reported workspace, when it holds a result."""
+    run = agent.status.run if agent and agent.status else None
+    ws = run.workspace if run else None
+    return ws if ws is not None and ws.result is not None and ws.base is not None else None
 
 
 def handoff_for(template: AgentTemplate, observed: dict[str, Agent]) -> list[HandoffEntry]:
@@ -57,9 +78,13 @@ def handoff_for(template: AgentTemplate, observed: dict[str, Agent]) -> list[Han
         parts = [
             f"{t.name}: {t.summary}" for t in (run.tasks if run and run.tasks else []) if t.summary
         ]
+        ws = result_of(agent)
         entries.append(
             HandoffEntry(
-                agent=dep, summary=truncate("\n".join(parts) or "(no summary)", HANDOFF_LIMIT)
+                agent=dep,
+                summary=truncate("\n".join(parts) or "(no summary)", HANDOFF_LIMIT),
+                commit=ws.result.commit if ws and ws.result else None,
+                base=ws.base if ws else None,
             )
         )
     return entries
@@ -139,14 +164,17 @@ def compute_session_plan(body: JSON, observed: dict[str, Agent], now: datetime) 
     finished_before = prev.phase in TERMINAL
     stop_all = deadline_exceeded or fail_fast or finished_before
 
-    # Start what is ready: dependencies succeeded, a free slot, nothing halting.
+    # Start what is ready: dependencies succeeded (and their results reported, where
+    # results flow), a free slot, nothing halting.
+    flows = results_flow(spec.workspace)
+    awaiting = {n for n in succeeded if flows and result_of(observed[n]) is None}
     if not (stop_all or budget_exceeded or spec.suspend):
         ready = [
             t
             for t in spec.agents
             if t.name not in observed
             and t.name not in skipped
-            and all(d in succeeded for d in deps[t.name])
+            and all(d in succeeded and d not in awaiting for d in deps[t.name])
         ]
         ready.sort(key=lambda t: -t.priority)
         slots = (spec.limits.max_parallel_agents or len(templates)) - len(active)
@@ -204,7 +232,16 @@ def compute_session_plan(body: JSON, observed: dict[str, Agent], now: datetime) 
             mphase = MemberPhase.PENDING if created else MemberPhase.WAITING
             progress = f"0/{len(t.tasks)}"
             obj_name = created["metadata"]["name"] if created else None
-        members.append(Member(name=t.name, phase=mphase, progress=progress, agent=obj_name))
+        ws = result_of(member_agent)
+        members.append(
+            Member(
+                name=t.name,
+                phase=mphase,
+                progress=progress,
+                agent=obj_name,
+                result=ws.result if ws else None,
+            )
+        )
         if mphase in (MemberPhase.WAITING, MemberPhase.PENDING, MemberPhase.SUSPENDED):
             counts.pending += 1
         elif mphase == MemberPhase.RUNNING:
@@ -313,8 +350,11 @@ def compute_session_plan(body: JSON, observed: dict[str, Agent], now: datetime) 
         start_time=start_time,
         completion_time=completion,
         message=truncate(message),
+        result=prev.result,
         conditions=merge_conditions(prev.conditions, conditions),
     )
+    if phase == SessionPhase.SUCCEEDED and prev.result is None and flows:
+        plan.result_inputs = result_inputs(spec.agents, deps, observed)
 
     # Events on transitions only.
     prev_members = {m.name: m.phase for m in prev.members or []}
@@ -339,7 +379,7 @@ def compute_session_plan(body: JSON, observed: dict[str, Agent], now: datetime) 
         )
 
     # When to look again even if nothing changes.
-    waits = []
+    waits = [2.0] if awaiting else []
     if deadline and start_time and not terminal:
         waits.append((start_time + timedelta(seconds=deadline) - now).total_seconds())
     if terminal and spec.ttl_seconds_after_finished is not None and completion is not None:
@@ -350,6 +390,32 @@ def compute_session_plan(body: JSON, observed: dict[str, Agent], now: datetime) 
             waits.append((expiry - now).total_seconds())
     plan.requeue_after = max(0.5, min(waits)) if waits else None
     return plan
+
+
+def results_flow(workspace: WorkspaceSpec | None) -> bool:
+    """Results travel as git commits unless the agents share one volume."""
+    return workspace is None or workspace.persistent_volume_claim is None
+
+
+def result_inputs(
+    templates: list[AgentTemplate], deps: dict[str, list[str]], observed: dict[str, Agent]
+) -> list[ResultInput]:
+    """The results of the agents nothing depends on, in spec order: the session's result."""
+    depended_on = {d for ds in deps.values() for d in ds}
+    inputs = []
+    for t in templates:
+        ws = result_of(observed.get(t.name))
+        if t.name in depended_on or ws is None or ws.result is None or ws.base is None:
+            continue
+        inputs.append(
+            ResultInput(
+                agent=t.name,
+                object_name=agent_name(observed[t.name]),
+                commit=ws.result.commit,
+                base=ws.base,
+            )
+        )
+    return inputs
 
 
 def agent_name(agent: Agent) -> str:
