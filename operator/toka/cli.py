@@ -2,6 +2,7 @@
 
     toka demo            a real session on the built-in dev cluster, with live progress
     toka status          a session's agents, tasks, progress and tokens (any cluster)
+    toka export          a session's result as a patch, a directory or a git bundle
     toka crds            write crds/*.yaml (and the chart's copies) from the API models
     toka dev up|down     the development cluster, with the CRDs installed
     toka dev binaries    find or build the control plane (cached outside the clone)
@@ -119,6 +120,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(show(config, args.namespace, args.session, watch=args.watch))
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from toka.console.export import ExportError, export
+    from toka.kube.config import ConfigError, from_env, load_kubeconfig
+
+    try:
+        config = load_kubeconfig(args.kubeconfig) if args.kubeconfig else from_env()
+        said = asyncio.run(
+            export(
+                config,
+                args.namespace,
+                args.session,
+                patch=args.patch,
+                directory=args.dir,
+                bundle=args.bundle,
+            )
+        )
+    except (ConfigError, ExportError) as err:
+        print(f"toka export: {err}", file=sys.stderr)
+        return 1
+    print(said, file=sys.stderr)
+    return 0
+
+
 def _default_state_dir() -> str:
     import os
 
@@ -194,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", "-w", action="store_true", help="follow until it ends")
     status.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
     status.set_defaults(handler=_cmd_status)
+
+    export = sub.add_parser(
+        "export", help="get a session's result from the cluster (no git remote needed)"
+    )
+    export.add_argument("session", help="the AgentSession")
+    export.add_argument("--namespace", "-n", default="default")
+    export.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
+    form = export.add_mutually_exclusive_group(required=True)
+    form.add_argument("--patch", metavar="FILE", help="the changes, for git apply (- for stdout)")
+    form.add_argument("--dir", metavar="DIR", help="the result's files, into an empty directory")
+    form.add_argument("--bundle", metavar="FILE", help="a git bundle with history (git clone it)")
+    export.set_defaults(handler=_cmd_export)
 
     op = sub.add_parser("operator", help="run the operator (Kopf, one replica, standalone)")
     op.add_argument(
