@@ -7,6 +7,7 @@ that cluster (`--keep`), not from the printed text alone, and stops it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from toka.console.demo import result_path
 from toka.console.view import compute_session_view
 from toka.kube.client import AGENTS, SESSIONS, AsyncKube
 from toka.kube.config import load_kubeconfig
@@ -51,7 +53,27 @@ def recorded_tokens() -> int:
     )
 
 
-async def test_the_demo_runs_build_stabilization_to_success(state_dir: Path) -> None:
+def git_apply(patch: Path, where: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "apply", str(patch)], cwd=where, capture_output=True, text=True, check=False
+    )
+
+
+def run_tests(workspace: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "unittest", "discover", "-s", "tests"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+async def test_the_demo_runs_build_stabilization_to_success(
+    state_dir: Path, tmp_path: Path
+) -> None:
     demo = toka("demo", "--state-dir", str(state_dir), "--keep")
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "replay" in demo.stdout  # it says which LLM it uses
@@ -74,12 +96,70 @@ async def test_the_demo_runs_build_stabilization_to_success(state_dir: Path) -> 
     docs = next(a for a in agents if a["spec"]["name"] == "docs")
     assert [h["agent"] for h in docs["spec"]["handoff"]] == ["security-review", "test-coverage"]
 
-    # The build-fixer really fixed the file and ran the suite in its workspace.
-    fixer = next(a for a in agents if a["spec"]["name"] == "build-fixer")
-    pod_dir = next((state_dir / "node" / "pods").glob(f"toka-demo_{fixer['status']['podName']}_*"))
-    fixed = (pod_dir / "volumes" / "workspace" / "src" / "calc.py").read_text()
-    assert "return a / b" in fixed
-    assert "eval(" not in fixed
+    def workspace_of(name: str) -> Path:
+        obj = next(a for a in agents if a["spec"]["name"] == name)
+        pods = state_dir / "node" / "pods"
+        return next(pods.glob(f"toka-demo_{obj['status']['podName']}_*")) / "volumes" / "workspace"
+
+    # The build-fixer really fixed the file, and the reviewers worked on the fixed code.
+    for name in ("build-fixer", "security-review", "test-coverage", "docs"):
+        fixed = (workspace_of(name) / "src" / "calc.py").read_text()
+        assert "return a / b" in fixed, name
+        assert "eval(" not in fixed, name
+    report = (workspace_of("security-review") / "reports" / "security.md").read_text()
+    assert "Decimal" in report
+    assert "Decimal" in (workspace_of("security-review") / "src" / "calc.py").read_text()
+    # The regression tests pass where test-coverage wrote them, as its summary says.
+    suite = run_tests(workspace_of("test-coverage"))
+    assert suite.returncode == 0, suite.stderr
+    assert "Ran 5 tests" in suite.stderr
+    coverage = next(a for a in agents if a["spec"]["name"] == "test-coverage")
+    assert "5 tests, passes" in coverage["status"]["run"]["tasks"][0]["summary"]
+    changelog = (workspace_of("docs") / "docs" / "CHANGELOG.md").read_text()
+    assert "divide()" in changelog
+    assert (workspace_of("docs") / "tests" / "test_regression.py").is_file()
+    assert (workspace_of("docs") / "reports" / "security.md").is_file()
+
+    # The result reaches the user: a patch that applies to the sample and makes it pass.
+    assert status["result"]["commit"] == status["members"][-1]["result"]["commit"]
+    assert "toka export" in demo.stdout
+    patch = state_dir / "exported.patch"
+    exported = toka(
+        "export",
+        "build-stabilization",
+        "-n",
+        "toka-demo",
+        "--kubeconfig",
+        state["kubeconfig"],
+        "--patch",
+        str(patch),
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    sample = tmp_path / "sample"
+    shutil.copytree(REPO / "examples" / "demo" / "workspace", sample)
+    assert run_tests(sample).returncode != 0  # the sample's build fails as shipped
+    applied = git_apply(patch, sample)
+    assert applied.returncode == 0, applied.stderr
+    fixed_suite = run_tests(sample)
+    assert fixed_suite.returncode == 0, fixed_suite.stderr
+    assert "Ran 5 tests" in fixed_suite.stderr
+    assert sorted(
+        str(p.relative_to(sample))
+        for p in sample.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ) == [
+        "README.md",
+        "docs/CHANGELOG.md",
+        "reports/security.md",
+        "src/calc.py",
+        "tests/test_calc.py",
+        "tests/test_regression.py",
+    ]
+    # The demo saved the same patch itself, for runs without --keep.
+    saved = result_path(state_dir, "build-stabilization")
+    assert saved.read_bytes() == patch.read_bytes()
+    assert str(saved) in demo.stdout
 
     # The summary a person sees names each agent's outcome.
     view = compute_session_view(session, agents)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from toka.console.export import ExportError, export
 from toka.console.status import read_views
 from toka.console.view import SessionView, render_session
 from toka.devcluster import devctl
@@ -30,7 +31,8 @@ from toka.kube.client import CONFIGMAPS, NAMESPACES, SECRETS, SESSIONS, ApiError
 from toka.kube.config import load_kubeconfig
 
 JSON = dict[str, Any]
-SESSION_FILE = Path("sessions") / "build-stabilization.yaml"
+SESSION_NAME = "build-stabilization"
+SESSION_FILE = Path("sessions") / f"{SESSION_NAME}.yaml"
 PROVIDERS = {
     # provider: (key variable, default model)
     "anthropic": ("ANTHROPIC_API_KEY", "claude-sonnet-4-5"),
@@ -153,6 +155,10 @@ async def follow(
     return view
 
 
+def result_path(state_dir: Path, session: str) -> Path:
+    return state_dir.parent / "results" / f"{session}.patch"
+
+
 def start_operator(state_dir: Path, kubeconfig: str, ns: str) -> subprocess.Popen[bytes]:
     with (state_dir / "operator.log").open("ab") as log:
         proc = subprocess.Popen(
@@ -204,7 +210,20 @@ def run(
         console.print(summary(view))
         if not view.finished:
             console.print(f"[red]the session did not finish within {timeout:.0f} s[/red]")
-    except (ApiError, OSError) as err:
+        elif view.result:
+            # Beside the cluster's state, which goes with the cluster: the result stays.
+            patch = result_path(state_dir, view.name)
+            patch.parent.mkdir(parents=True, exist_ok=True)
+            said = asyncio.run(
+                export(load_kubeconfig(kubeconfig), namespace, view.name, patch=str(patch))
+            )
+            console.print(
+                f"[bold]result[/bold] {view.result}\n{said}\n"
+                f"try it: cp -r examples/demo/workspace /tmp/calc && git -C /tmp/calc apply "
+                f"{patch} && (cd /tmp/calc && python3 -m unittest discover -s tests)",
+                soft_wrap=True,  # paths and commands stay whole, to be copied
+            )
+    except (ApiError, OSError, ExportError) as err:
         console.print(f"[red]toka demo: {err}[/red]")
     finally:
         if not keep:
@@ -215,7 +234,9 @@ def run(
         console.print(
             f"kept running. Try:\n  export KUBECONFIG={kubeconfig} "
             f"PATH={state['bin_dir']}:$PATH\n  kubectl get toka -n {namespace}\n"
-            f"  toka status -n {namespace} --watch\nstop it with: toka dev down"
+            f"  toka status -n {namespace} --watch\n"
+            f"  toka export {SESSION_NAME} -n {namespace} --dir /tmp/result\n"
+            "stop it with: toka dev down"
         )
     return 0 if view is not None and view.phase == "Succeeded" else 1
 

@@ -50,6 +50,7 @@ class SessionView:
     budget: int | None
     message: str
     agents: list[AgentRow] = field(default_factory=list)
+    result: str = ""  # "<commit>: N files changed, +I -D", once the session has a result
 
     @property
     def finished(self) -> bool:
@@ -111,6 +112,7 @@ def compute_session_view(session: JSON, agents: list[JSON]) -> SessionView:
         )
     done, total = _fraction(status.get("progress"))
     usage = status.get("usage") or {}
+    result = status.get("result") or {}
     return SessionView(
         name=session["metadata"]["name"],
         namespace=session["metadata"].get("namespace", ""),
@@ -121,6 +123,13 @@ def compute_session_view(session: JSON, agents: list[JSON]) -> SessionView:
         budget=(status.get("budget") or {}).get("limitTokens"),
         message=status.get("message") or "",
         agents=rows,
+        result=(
+            f"{result['commit'][:12]}: {result.get('filesChanged', 0)} files changed, "
+            f"+{result.get('insertions', 0)} -{result.get('deletions', 0)}"
+            + (f", pushed to {result['pushedRef']}" if result.get("pushedRef") else "")
+            if result.get("commit")
+            else ""
+        ),
     )
 
 
@@ -152,4 +161,12 @@ def render_session(view: SessionView) -> RenderableType:
     parts: list[RenderableType] = [head, bar, table]
     if view.message:
         parts.append(Text(view.message, style="dim"))
+    if view.result:
+        parts.append(
+            Text.assemble(
+                ("result ", "bold"),
+                view.result,
+                (f"  (toka export {view.name} -n {view.namespace} --patch FILE)", "dim"),
+            )
+        )
     return Group(*parts)
