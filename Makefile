@@ -50,10 +50,12 @@ bench: controlplane
 	$(BIN)/python -m bench.llm_gateway_overhead
 	$(BIN)/python -m bench.kernel_agent
 	$(BIN)/python -m bench.operator_scale
+	$(BIN)/python -m bench.results_flow
 
 bench-smoke: controlplane
 	$(BIN)/python -m bench.llm_gateway_overhead --smoke
 	$(BIN)/python -m bench.kernel_agent --smoke
+	$(BIN)/python -m bench.results_flow --smoke
 
 dev-up: controlplane
 	$(BIN)/toka dev up

@@ -216,6 +216,18 @@ INVALID = [
         "Too long",
     ),
     (
+        "a git URL holding credentials",
+        _set("spec.workspace", {"git": {"url": "https://bot:hunter2@git.example/r.git"}}),
+        "spec.workspace.git.url",
+        "put them in a Secret named by credentialsSecretRef",
+    ),
+    (
+        "a git URL that is not http(s)",
+        _set("spec.workspace", {"git": {"url": "ssh://git.example/r.git"}}),
+        "spec.workspace.git.url",
+        "should match",
+    ),
+    (
         "workspace size that is not a quantity",
         _set("spec.workspace", {"sizeLimit": "lots"}),
         "spec.workspace.sizeLimit",

@@ -211,7 +211,10 @@ async def test_a_user_who_cannot_read_a_secret_cannot_send_it_to_an_llm(
         with pytest.raises(ApiError) as err:
             await alice.create(AGENTS, steal, namespace)
         assert err.value.status == 403
-        assert "you may not get every Secret named in llm.apiKeySecretRef (x)" in err.value.message
+        assert (
+            "you may not get every Secret named in llm.apiKeySecretRef or "
+            "workspace.git.credentialsSecretRef (x)" in err.value.message
+        )
         assert "the kernel would send its value to the LLM provider" in err.value.message
 
         session = {
@@ -234,6 +237,16 @@ async def test_a_user_who_cannot_read_a_secret_cannot_send_it_to_an_llm(
         with pytest.raises(ApiError) as err:
             await alice.create(SESSIONS, session, namespace)
         assert "(x)" in err.value.message
+
+        # A git credential is a Secret sent to a URL of the creator's choice, too.
+        del session["spec"]["agents"][0]["llm"]
+        session["spec"]["workspace"] = {
+            "git": {"url": "https://attacker.example/r.git", "credentialsSecretRef": {"name": "x"}}
+        }
+        with pytest.raises(ApiError) as err:
+            await alice.create(SESSIONS, session, namespace)
+        assert err.value.status == 403
+        assert "workspace.git.credentialsSecretRef (x)" in err.value.message
 
         allowed = standalone("fine")
         allowed["spec"]["llm"]["apiKeySecretRef"]["name"] = "mine"

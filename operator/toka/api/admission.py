@@ -57,10 +57,16 @@ def _names(kind: str) -> tuple[str, str, str, str]:
         " + (has(object.spec.workspace) && has(object.spec.workspace.configMap) ? "
         "[object.spec.workspace.configMap] : [])"
     )
+    # The git credential goes to workspace.git.url: the same rule as an LLM key.
+    git_credentials = (
+        " + (has(object.spec.workspace) && has(object.spec.workspace.git) && "
+        "has(object.spec.workspace.git.credentialsSecretRef) ? "
+        "[object.spec.workspace.git.credentialsSecretRef.name] : [])"
+    )
     if kind == "AgentSession":
         secrets = (
             f"({top['secrets']}) + object.spec.agents.filter(a, has(a.llm) && "
-            "has(a.llm.apiKeySecretRef)).map(a, a.llm.apiKeySecretRef.name)"
+            "has(a.llm.apiKeySecretRef)).map(a, a.llm.apiKeySecretRef.name)" + git_credentials
         )
         configmaps = (
             f"{top['configmaps']} + object.spec.agents.filter(a, has(a.llm) && "
@@ -83,7 +89,7 @@ def _names(kind: str) -> tuple[str, str, str, str]:
         "!has(object.spec.capabilities) || object.spec.capabilities.all(c, "
         "variables.allowedCaps.exists(p, c.startsWith(p)))"
     )
-    return top["secrets"], top["configmaps"] + workspace, images, caps
+    return f"({top['secrets']})" + git_credentials, top["configmaps"] + workspace, images, caps
 
 
 def _references_policy(kind: str, plural: str) -> dict[str, Any]:
@@ -117,10 +123,11 @@ def _references_policy(kind: str, plural: str) -> dict[str, Any]:
                     "expression": "size(variables.deniedSecrets) == 0",
                     # Message expressions may not use the authorizer: name all that is named.
                     "messageExpression": (
-                        "'you may not get every Secret named in llm.apiKeySecretRef (' + "
+                        "'you may not get every Secret named in llm.apiKeySecretRef or "
+                        "workspace.git.credentialsSecretRef (' + "
                         "variables.secrets.join(', ') + ') in namespace ' + "
                         "object.metadata.namespace + ': the kernel would send its value to the LLM "
-                        "provider, so you must be able to read it yourself'"
+                        "provider or the git remote, so you must be able to read it yourself'"
                     ),
                     "reason": "Forbidden",
                 },

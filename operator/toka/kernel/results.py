@@ -40,6 +40,7 @@ log = logging.getLogger("toka.kernel.results")
 JSON = dict[str, Any]
 # A ConfigMap holds at most 1 MiB; the bundle travels base64-encoded in a JSON body too.
 MAX_BUNDLE = 768 * 1024
+STORE_SECONDS = 300.0  # how long a result write rides out an unreachable API server
 ZERO = "0" * 40
 
 
@@ -267,8 +268,12 @@ class Results:
         assert self.kube is not None
         assert self.configmap is not None
         body = {"data": {"commit": commit}, "binaryData": {"bundle": bundle_b64}}
+        # Dependents start only from what is stored: ride out an API outage, as the
+        # status reporter does, while the agent waits for its TaskCompleted answer.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STORE_SECONDS
         delay = 0.5
-        for _ in range(8):
+        while True:
             try:
                 await self.kube.patch(CONFIGMAPS, self.configmap, body, self.namespace)
                 return None
@@ -282,9 +287,10 @@ class Results:
                 log.info("writing the result ConfigMap: %s; retrying", err)
             except (httpx.TransportError, OSError) as err:
                 log.info("writing the result ConfigMap: %s; retrying", type(err).__name__)
+            if loop.time() + delay > deadline:
+                return f"cannot write ConfigMap {self.configmap}: the API server did not answer"
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5)
-        return f"cannot write ConfigMap {self.configmap}: the API server did not answer"
 
     def all_done(self) -> bool:
         tasks = self.reporter.run.tasks or []

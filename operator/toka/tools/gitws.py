@@ -29,7 +29,7 @@ from typing import Any
 BASE_NAME = "Toka"
 BASE_EMAIL = "toka@toka.dev"
 # A fixed date makes the base commit of a ConfigMap-seeded workspace the same everywhere.
-BASE_DATE = "2020-01-01T00:00:00+0000"
+BASE_EPOCH = 1577836800  # 2020-01-01T00:00:00Z
 BRANCH = "toka/work"
 STATE_FILE = "toka-workspace.json"  # in .git: survives a tools restart within the pod
 # Git settings that a repository's own config cannot override (command line wins).
@@ -149,19 +149,16 @@ def _identity(name: str, email: str, date: str | None = None) -> dict[str, str]:
     return ident
 
 
-def write_seed_files(workspace: Path, files: Iterable[tuple[str, bytes]]) -> int:
-    """ConfigMap keys as files (`src__calc.py` is `src/calc.py`), never outside `workspace`."""
-    count = 0
-    root = workspace.resolve()
+def seed_paths(files: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """ConfigMap keys as workspace paths (`src__calc.py` is `src/calc.py`), sorted; a key
+    that is not a path inside the workspace is refused."""
+    out = {}
     for key, data in files:
         parts = [p for p in key.replace("__", "/").split("/") if p not in ("", ".")]
-        if not parts or ".." in parts or parts[0] == ".git":
+        if not parts or ".." in parts or parts[0] == ".git" or "\n" in key:
             raise GitError("InvalidWorkspace", f"ConfigMap key {key!r} is not a workspace path")
-        target = root.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        count += 1
-    return count
+        out["/".join(parts)] = data
+    return sorted(out.items())
 
 
 def seed_files_from_dir(seed_dir: str) -> list[tuple[str, bytes]]:
@@ -173,14 +170,37 @@ def seed_files_from_dir(seed_dir: str) -> list[tuple[str, bytes]]:
 
 
 def init_base(workspace: Path, files: Iterable[tuple[str, bytes]] = ()) -> str:
-    """A repository whose first commit holds `files`; the same commit id wherever it is made."""
+    """A repository whose first commit holds `files`; the same commit id wherever it is made.
+
+    The commit is written by `git fast-import` (one pack, not a loose object per
+    file), then checked out: as fast as a clone's checkout.
+    """
+    paths = seed_paths(files)
     workspace.mkdir(parents=True, exist_ok=True)
-    run_git(workspace, "init", "-q", "-b", "main")
-    write_seed_files(workspace, files)
-    env = git_env() | _identity(BASE_NAME, BASE_EMAIL, BASE_DATE)
-    run_git(workspace, "add", "-A", env=env)
-    run_git(workspace, "commit", "-q", "--allow-empty", "-m", "Base workspace", env=env)
-    return _out(workspace, "rev-parse", "HEAD")
+    run_git(workspace, "init", "-q", "-b", BRANCH)
+    stamp = f"{BASE_NAME} <{BASE_EMAIL}> {BASE_EPOCH} +0000"
+    message = b"Base workspace\n"
+    stream = [
+        f"commit refs/heads/{BRANCH}\nauthor {stamp}\ncommitter {stamp}\n".encode(),
+        f"data {len(message)}\n".encode() + message,
+    ]
+    for path, data in paths:
+        stream.append(f"M 100644 inline {path}\ndata {len(data)}\n".encode() + data + b"\n")
+    run_git(workspace, "fast-import", "--quiet", stdin=b"".join(stream))
+    run_git(workspace, "reset", "-q", "--hard")
+    return head(workspace)
+
+
+def head(workspace: Path) -> str:
+    """HEAD's commit, read from the repository's files (one git process less per step)."""
+    git_dir = Path(workspace, ".git")
+    ref = (git_dir / "HEAD").read_text().strip()
+    if ref.startswith("ref: "):
+        path = git_dir / ref.removeprefix("ref: ")
+        if path.is_file():
+            return path.read_text().strip()
+        return _out(workspace, "rev-parse", "HEAD")
+    return ref
 
 
 def clone_base(
@@ -242,7 +262,7 @@ def fetch_commit(workspace: Path, source: Input, env: dict[str, str] | None = No
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()[-400:]
         raise GitError("ResultMissing", f"cannot read the result of {source.agent}: {err}")
-    got = _out(workspace, "rev-parse", "FETCH_HEAD")
+    got = Path(workspace, ".git", "FETCH_HEAD").read_text().split(None, 1)[0]
     if got != source.commit:
         raise GitError(
             "ResultMissing",
@@ -307,7 +327,6 @@ def prepare(
         )
     else:
         base_commit = init_base(workspace, seed or [])
-        run_git(workspace, "checkout", "-q", "-B", BRANCH)
     if base and base != base_commit:
         raise GitError(
             "BaseMismatch",
@@ -319,7 +338,7 @@ def prepare(
         start = resume.commit
         return Prepared(base=base_commit, start=start, resumed=True)
     merged = merge_inputs(workspace, inputs, author)
-    return Prepared(base=base_commit, start=_out(workspace, "rev-parse", "HEAD"), merged=merged)
+    return Prepared(base=base_commit, start=head(workspace), merged=merged)
 
 
 def commit_all(workspace: Path, message: str, author: str) -> str | None:
