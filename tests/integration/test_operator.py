@@ -89,7 +89,16 @@ async def test_a_chain_runs_in_order_and_hands_each_summary_to_the_next(
         assert created is not None
         assert succeeded <= created, f"{after} was created before {before} succeeded"
     second = await kube.get(AGENTS, "chain-second", namespace)
-    assert second["spec"]["handoff"] == [{"agent": "first", "summary": "t: wrote notes/a.md"}]
+    first = await kube.get(AGENTS, "chain-first", namespace)
+    result = first["status"]["run"]["workspace"]
+    assert second["spec"]["handoff"] == [
+        {
+            "agent": "first",
+            "summary": "t: wrote notes/a.md",
+            "commit": result["result"]["commit"],
+            "base": result["base"],
+        }
+    ]
     status = done["status"]
     assert status["progress"] == "3/3"
     assert status["agents"]["succeeded"] == 3

@@ -90,7 +90,13 @@ async def test_an_operator_killed_five_times_completes_a_20_agent_session_withou
         ]
         if n.startswith(("l1", "l2", "l3")):
             (dep,) = obj["spec"]["dependsOn"]
+            dep_run = (await kube.get(AGENTS, f"big-{dep}", namespace))["status"]["run"]
             assert obj["spec"]["handoff"] == [
-                {"agent": dep, "summary": f"t: {dep} wrote out/{dep}.txt"}
+                {
+                    "agent": dep,
+                    "summary": f"t: {dep} wrote out/{dep}.txt",
+                    "commit": dep_run["workspace"]["result"]["commit"],
+                    "base": dep_run["workspace"]["base"],
+                }
             ]
     assert done["status"]["progress"] == "20/20", done["status"]["members"]
