@@ -116,6 +116,10 @@ CASES = [
     read("src/\x00a.py", READ_ALL, 403, "denied"),
     write("../outside.txt", ["fs:write:**"], 403, "denied"),
     write("/tmp/outside.txt", ["fs:write:**"], 403, "denied"),
+    # --- the workspace's git metadata is Toka's: a written hook or config would run as git
+    write(".git/hooks/pre-commit", ["fs:write:**"], 403, "denied"),
+    write("src/.git/config", ["fs:write:**"], 403, "denied"),
+    read(".git/config", READ_ALL, 403, "denied"),
     # --- globs: what the grant names and nothing more
     read("README.md", READ_ALL, 200),
     read("src/a.py", ["fs:read:src/**"], 200),

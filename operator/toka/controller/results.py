@@ -15,6 +15,7 @@ import asyncio
 import base64
 import tempfile
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,11 @@ async def fetch_result(kube: AsyncKube, ns: str, repo: Path, configmap: str, com
 
 
 async def ensure_session_result(
-    kube: AsyncKube, session: JSON, workspace: WorkspaceSpec | None, inputs: Sequence[ResultInput]
+    kube: AsyncKube,
+    session: JSON,
+    workspace: WorkspaceSpec | None,
+    inputs: Sequence[ResultInput],
+    completed: datetime,
 ) -> SessionResult:
     meta = session["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -115,6 +120,9 @@ async def ensure_session_result(
                 [gitws.Input(agent=i.agent, commit=i.commit, bundle=None) for i in inputs],
                 SESSION_AUTHOR,
                 fetched=True,
+                # The same commit if made again (an operator restarted before writing
+                # the status finds the ConfigMap and the pushed ref it made before).
+                date=f"@{int(completed.timestamp())} +0000",
             )
             stat = await asyncio.to_thread(gitws.describe, repo, base)
             bundle = await asyncio.to_thread(gitws.bundle, repo, base)

@@ -164,7 +164,11 @@ class Runtime:
         workspace = AgentSession.model_validate(body).spec.workspace
         try:
             plan.status.result = await ensure_session_result(
-                self.kube, body, workspace, plan.result_inputs
+                self.kube,
+                body,
+                workspace,
+                plan.result_inputs,
+                plan.status.completion_time or utcnow(),
             )
             plan.events.append(
                 ("Normal", "ResultReady", f"session result {plan.status.result.commit[:12]}")

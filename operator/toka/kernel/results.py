@@ -156,7 +156,7 @@ class Results:
         self.author = author
         self.configmap = configmap
         self.reporter = reporter
-        self.tools = httpx.AsyncClient()  # the kernel's client to tools, once attached
+        self.tools: httpx.AsyncClient | None = None  # the kernel's client, once attached
         self.remote = remote
         self.git_token = git_token or secrets.token_urlsafe(24)
         self.upstream_auth_refused = False
@@ -166,6 +166,11 @@ class Results:
     def attach(self, tools: httpx.AsyncClient) -> None:
         """Use the kernel's client to the tools sidecar (one connection pool)."""
         self.tools = tools
+
+    def _client(self) -> httpx.AsyncClient:
+        if self.tools is None:
+            raise RuntimeError("the kernel has not attached its client to the tools sidecar")
+        return self.tools
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -192,7 +197,7 @@ class Results:
         if self._asked or self.configmap is None:
             return self.status
         try:
-            resp = await self.tools.post("/workspace.status", json={})
+            resp = await self._client().post("/workspace.status", json={})
             state: JSON = resp.json()
         except (httpx.HTTPError, ValueError):
             return None  # tools is not up yet; asked again on the next request
@@ -205,7 +210,7 @@ class Results:
                 base=state["base"],
                 start=state["start"],
                 merged=state.get("merged") or None,
-                result=ResultCommit(commit=state["start"]),
+                result=ResultCommit.model_validate(state["result"]),
             )
         else:
             reason = str(state.get("reason") or "WorkspaceFailed")
@@ -236,7 +241,7 @@ class Results:
         if self.failed:
             return f"the workspace failed: {ws.message}"
         try:
-            resp = await self.tools.post(
+            resp = await self._client().post(
                 "/git.commit",
                 json={"message": f"{task}: {summary}".strip(), "author": self.author},
             )
@@ -305,7 +310,7 @@ class Results:
         if ws.pushed_ref or not self.all_done():
             return
         try:
-            resp = await self.tools.post("/git.push", json={"ref": remote.own_ref})
+            resp = await self._client().post("/git.push", json={"ref": remote.own_ref})
             answer: JSON = resp.json()
         except (httpx.HTTPError, ValueError) as err:
             self._fail("PushFailed", f"the tools sidecar did not push: {type(err).__name__}")

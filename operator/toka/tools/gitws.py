@@ -22,7 +22,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class GitError(Exception):
 
 @dataclass(frozen=True)
 class Input:
-    """A dependency's result: its commit, and the bundle file that holds it (or a ref to fetch)."""
+    """A dependency's result: its commit, and the bundle file that holds it."""
 
     agent: str
     commit: str
@@ -81,12 +81,7 @@ class Prepared:
     resumed: bool = False
 
     def wire(self) -> dict[str, Any]:
-        return {
-            "base": self.base,
-            "start": self.start,
-            "merged": self.merged,
-            "resumed": self.resumed,
-        }
+        return asdict(self)
 
 
 def git_env(home: str | None = None, headers: Iterable[str] = ()) -> dict[str, str]:
@@ -271,10 +266,18 @@ def fetch_commit(workspace: Path, source: Input, env: dict[str, str] | None = No
 
 
 def merge_inputs(
-    workspace: Path, inputs: Sequence[Input], author: str, *, fetched: bool = False
+    workspace: Path,
+    inputs: Sequence[Input],
+    author: str,
+    *,
+    fetched: bool = False,
+    date: str | None = None,
 ) -> list[str]:
-    """Merge each input into HEAD in order; on a conflict, undo it and name the paths."""
-    env = git_env() | _identity(author, f"{author}@agents.toka.dev")
+    """Merge each input into HEAD in order; on a conflict, undo it and name the paths.
+
+    With `date`, merge commits are the same wherever and however often they are made.
+    """
+    env = git_env() | _identity(author, f"{author}@agents.toka.dev", date)
     merged: list[str] = []
     for source in inputs:
         if not fetched:

@@ -211,7 +211,13 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
             resume=resume,
             author=env.get("TOKA_AGENT_NAME", "agent"),
         )
-        state: JSON = {"state": "Ready", "git": True, **prepared.wire()}
+        state: JSON = {
+            "state": "Ready",
+            "git": True,
+            **prepared.wire(),
+            # A resumed attempt's result so far, diffstat included.
+            "result": gitws.describe(workspace, prepared.base),
+        }
     except gitws.GitError as err:
         state = {"state": "Failed", "reason": err.reason, "message": str(err), "paths": err.paths}
     except (OSError, ValueError, TypeError, subprocess.SubprocessError) as err:
