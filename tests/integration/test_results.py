@@ -465,3 +465,57 @@ async def test_a_result_too_large_for_a_configmap_fails_the_agent_naming_the_rea
     assert big["status"]["attempts"] == 1  # the same work would be as large again
     cm = await kube.get(CONFIGMAPS, "huge-big.result", namespace)
     assert "bundle" not in (cm.get("binaryData") or {})  # nothing half-written
+
+
+async def test_with_a_remote_a_result_too_large_for_a_configmap_travels_through_it(
+    kube: AsyncKube,
+    namespace: str,
+    operator: OperatorProcess,
+    node_agent: NodeAgentProcess,
+    gitserver: GitServer,
+    kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    await git_secret(kube, namespace)
+    make_big = "import os; open('big.bin', 'wb').write(os.urandom(900_000))"
+    await put_recordings(
+        kube,
+        namespace,
+        "rec",
+        {
+            "big": recording(
+                "big",
+                {"t": [call("shell_exec", argv=["python3", "-c", make_big]), finish("made it")]},
+            ),
+            "after": recording("after", {"t": [write("seen.txt", "yes\n"), finish("saw it")]}),
+        },
+    )
+    body = git_session(
+        "wide",
+        gitserver,
+        creds=True,
+        agents=[
+            agent("big", caps=[*RW, "shell:exec:python3"]),
+            agent("after", caps=RW, depends=["big"]),
+        ],
+    )
+    await kube.create(SESSIONS, body, namespace)
+    done = await wait_for(kube, SESSIONS, "wide", namespace, phase_is(*FINAL), timeout=240)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    big = await kube.get(AGENTS, "wide-big", namespace)
+    after = await kube.get(AGENTS, "wide-after", namespace)
+    cm = await kube.get(CONFIGMAPS, "wide-big.result", namespace)
+    assert "bundle" not in (cm.get("binaryData") or {})
+    assert cm["data"]["ref"] == "refs/heads/toka/wide/work/big/t"
+    made = node_agent.pod_dir(namespace, big["status"]["podName"]) / "volumes" / "workspace"
+    seen = node_agent.pod_dir(namespace, after["status"]["podName"]) / "volumes" / "workspace"
+    assert (seen / "big.bin").read_bytes() == (made / "big.bin").read_bytes()
+    assert big["status"]["run"]["workspace"]["bundleBytes"] > 768 * 1024
+    refs = gitserver.refs("proj")
+    assert refs["refs/heads/toka/wide/result"] == done["status"]["result"]["commit"]
+    out = toka(
+        "export", "wide", "-n", namespace, "--dir", str(tmp_path / "d"), kubeconfig=kubeconfig
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "d" / "big.bin").read_bytes() == (made / "big.bin").read_bytes()
+    assert (tmp_path / "d" / "seen.txt").read_text() == "yes\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -112,13 +113,13 @@ def test_the_tools_sidecar_reports_a_conflict_instead_of_exiting(tmp_path: Path)
     seed_dir.mkdir()
     for key, data in SEED:
         (seed_dir / key).write_bytes(data)
-    env = {
-        "TOKA_WORKSPACE_SEED_DIR": str(seed_dir),
-        "TOKA_WORKSPACE_INPUTS": (
-            f'[{{"agent": "left", "commit": "{left.commit}", "bundle": "{left.bundle}"}},'
-            f' {{"agent": "right", "commit": "{right.commit}", "bundle": "{right.bundle}"}}]'
-        ),
-    }
+    inputs = []
+    for result in (left, right):  # as the pod mounts each result ConfigMap
+        mount = tmp_path / "inputs" / result.agent
+        mount.mkdir(parents=True)
+        (mount / "bundle").write_bytes(Path(result.bundle or "").read_bytes())
+        inputs.append({"agent": result.agent, "commit": result.commit, "dir": str(mount)})
+    env = {"TOKA_WORKSPACE_SEED_DIR": str(seed_dir), "TOKA_WORKSPACE_INPUTS": json.dumps(inputs)}
     state = prepare_workspace(tmp_path / "ws", env)
     assert state["state"] == "Failed"
     assert state["reason"] == "MergeConflict"
@@ -130,3 +131,15 @@ def test_a_shared_volume_is_used_as_it_is(tmp_path: Path) -> None:
     (tmp_path / "ws" / "kept.txt").write_text("k")
     assert prepare_workspace(tmp_path / "ws", {"TOKA_WORKSPACE_SHARED": "1"}) == AS_IS
     assert not (tmp_path / "ws" / ".git").exists()
+
+
+def test_an_attempt_whose_earlier_result_is_the_base_starts_afresh(tmp_path: Path) -> None:
+    base = gitws.init_base(tmp_path / "b", SEED)
+    again = gitws.prepare(
+        tmp_path / "ws",
+        seed=SEED,
+        resume=gitws.Input(agent="me", commit=base, bundle=str(tmp_path / "none")),
+        author="me",
+    )
+    assert not again.resumed
+    assert again.start == base

@@ -13,6 +13,7 @@ REMOTE = Remote(
     push_prefix="refs/heads/toka/s/",
     own_ref=OWN,
     authorization=None,
+    work_prefix="refs/heads/toka/s/work/me/",
 )
 A, B = "a" * 40, "b" * 40
 
@@ -32,6 +33,10 @@ def push(*commands: tuple[str, str, str]) -> bytes:
     ("commands", "refused"),
     [
         ([(ZERO, A, OWN)], None),
+        ([(ZERO, A, "refs/heads/toka/s/work/me/task-1")], None),  # a too-large result
+        ([(A, B, "refs/heads/toka/s/work/me/task-1")], "never moved"),
+        ([(ZERO, A, "refs/heads/toka/s/work/other/task-1")], "not this agent's result ref"),
+        ([(ZERO, A, "refs/heads/toka/s/work/me/a/b")], "not this agent's result ref"),
         ([(ZERO, A, "refs/heads/main")], "base branch"),
         ([(ZERO, A, "main")], "base branch"),
         ([(ZERO, A, "refs/heads/toka/s/agents/other")], "not this agent's result ref"),

@@ -54,8 +54,8 @@ async def export(
         with tempfile.TemporaryDirectory(prefix="toka-export-") as tmp:
             repo = Path(tmp, "repo")
             try:
-                await make_base(kube, namespace, session.spec.workspace, repo, result.base)
-                await fetch_result(kube, namespace, repo, result.config_map, result.commit)
+                remote = await make_base(kube, namespace, session.spec.workspace, repo, result.base)
+                await fetch_result(kube, namespace, repo, result.config_map, result.commit, remote)
             except (ResultError, gitws.GitError) as err:
                 raise ExportError(str(err)) from None
             except ApiError as err:

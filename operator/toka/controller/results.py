@@ -30,7 +30,7 @@ from toka.controller.builders.names import (
 )
 from toka.controller.io import ensure_created
 from toka.controller.reconcile.session import ResultInput
-from toka.kube.client import CONFIGMAPS, SECRETS, ApiError, AsyncKube
+from toka.kube.client import CONFIGMAPS, SECRETS, AsyncKube
 from toka.tools import gitws
 
 JSON = dict[str, Any]
@@ -57,16 +57,15 @@ async def git_authorization(kube: AsyncKube, ns: str, git: GitSource) -> list[st
 
 async def make_base(
     kube: AsyncKube, ns: str, workspace: WorkspaceSpec | None, repo: Path, base: str
-) -> list[str]:
-    """`repo` holding the session's base commit `base`; the headers used for its remote."""
-    headers: list[str] = []
+) -> gitws.Remote | None:
+    """`repo` holding the session's base commit `base`; how to reach its remote, if any."""
     if workspace is not None and workspace.git is not None:
         git = workspace.git
         headers = await git_authorization(kube, ns, git)
         await asyncio.to_thread(
             gitws.clone_base, repo, git.url, git.url, git.ref, base=base, headers=headers
         )
-        return headers
+        return gitws.Remote(git.url, tuple(headers))
     files: list[tuple[str, bytes]] = []
     if workspace is not None and workspace.config_map:
         cm = await kube.get(CONFIGMAPS, workspace.config_map, ns)
@@ -78,13 +77,26 @@ async def make_base(
             f"the base made from the workspace source is {made[:12]}, not the agents' "
             f"{base[:12]}: was workspace.configMap changed during the session?"
         )
-    return headers
+    return None
 
 
-async def fetch_result(kube: AsyncKube, ns: str, repo: Path, configmap: str, commit: str) -> None:
-    """Bring `commit` into `repo` from the bundle in `configmap`."""
+async def fetch_result(
+    kube: AsyncKube,
+    ns: str,
+    repo: Path,
+    configmap: str,
+    commit: str,
+    remote: gitws.Remote | None = None,
+) -> None:
+    """Bring `commit` into `repo` from the bundle in `configmap`, or from the remote ref it
+    names (a result too large for a ConfigMap)."""
     cm = await kube.get(CONFIGMAPS, configmap, ns)
     raw = (cm.get("binaryData") or {}).get("bundle")
+    ref = (cm.get("data") or {}).get("ref")
+    if not raw and ref:
+        source = gitws.Input(agent=configmap, commit=commit, ref=ref)
+        await asyncio.to_thread(gitws.fetch_commit, repo, source, None, remote)
+        return
     if not raw:
         return  # the result is the base itself
     with tempfile.NamedTemporaryFile(suffix=".bundle") as fh:
@@ -111,9 +123,11 @@ async def ensure_session_result(
     with tempfile.TemporaryDirectory(prefix="toka-result-") as tmp:
         repo = Path(tmp, "repo")
         try:
-            headers = await make_base(kube, ns, workspace, repo, base)
+            remote = await make_base(kube, ns, workspace, repo, base)
             for i in inputs:
-                await fetch_result(kube, ns, repo, result_configmap_name(i.object_name), i.commit)
+                await fetch_result(
+                    kube, ns, repo, result_configmap_name(i.object_name), i.commit, remote
+                )
             await asyncio.to_thread(
                 gitws.merge_inputs,
                 repo,
@@ -128,7 +142,25 @@ async def ensure_session_result(
             bundle = await asyncio.to_thread(gitws.bundle, repo, base)
         except gitws.GitError as err:
             raise ResultError(f"{err.reason}: {err}") from None
+        git = workspace.git if workspace is not None else None
+        pushed = None
+        if git is not None and git.push is not None:
+            branch = git.push.branch.replace("{session}", name).strip("/")
+            pushed = f"refs/heads/{branch}/result"
+            try:
+                await asyncio.to_thread(
+                    gitws.push, repo, git.url, pushed, remote.headers if remote else ()
+                )
+            except gitws.GitError as err:
+                raise ResultError(f"PushFailed: {err}") from None
+        large = len(bundle) > gitws.MAX_BUNDLE
+        if large and pushed is None:
+            raise ResultError(
+                f"ResultTooLarge: the session's result bundle is {len(bundle):,} bytes, over "
+                f"the {gitws.MAX_BUNDLE:,} a ConfigMap holds; configure workspace.git.push"
+            )
         configmap = session_result_configmap_name(name)
+        data = {"commit": stat["commit"], "base": base} | ({"ref": pushed} if large else {})
         body: JSON = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -138,26 +170,12 @@ async def ensure_session_result(
                 "labels": {LABEL_SESSION: name, LABEL_MANAGED_BY: MANAGED_BY},
                 "ownerReferences": [owner_reference(session)],
             },
-            "data": {"commit": stat["commit"], "base": base},
-            "binaryData": {"bundle": base64.b64encode(bundle).decode()} if bundle else {},
+            "data": data,
+            "binaryData": (
+                {"bundle": base64.b64encode(bundle).decode()} if bundle and not large else {}
+            ),
         }
-        try:
-            await ensure_created(kube, CONFIGMAPS, body)
-        except ApiError as err:
-            if err.status in (413, 422):
-                raise ResultError(
-                    f"ResultTooLarge: the session's result does not fit in a ConfigMap ({err})"
-                ) from None
-            raise
-        pushed = None
-        git = workspace.git if workspace is not None else None
-        if git is not None and git.push is not None:
-            ref = f"refs/heads/{git.push.branch.replace('{session}', name).strip('/')}/result"
-            try:
-                await asyncio.to_thread(gitws.push, repo, git.url, ref, headers)
-            except gitws.GitError as err:
-                raise ResultError(f"PushFailed: {err}") from None
-            pushed = ref
+        await ensure_created(kube, CONFIGMAPS, body)
     return SessionResult(
         commit=stat["commit"],
         base=base,

@@ -34,12 +34,11 @@ from aiohttp import web
 from toka.api.models import ResultCommit, TaskState, WorkspaceState, WorkspaceStatus
 from toka.kernel.reporter import Reporter
 from toka.kube.client import CONFIGMAPS, ApiError, AsyncKube
+from toka.tools.gitws import MAX_BUNDLE
 from toka.tools.ops import GIT_TOKEN_HEADER
 
 log = logging.getLogger("toka.kernel.results")
 JSON = dict[str, Any]
-# A ConfigMap holds at most 1 MiB; the bundle travels base64-encoded in a JSON body too.
-MAX_BUNDLE = 768 * 1024
 STORE_SECONDS = 300.0  # how long a result write rides out an unreachable API server
 ZERO = "0" * 40
 
@@ -53,6 +52,8 @@ class Remote:
     push_prefix: str | None  # e.g. refs/heads/toka/my-session/
     own_ref: str | None  # refs/heads/toka/my-session/agents/<agent>
     authorization: str | None  # the header value; never logged
+    # Where a result too large for a ConfigMap goes after each task: <prefix>work/<agent>/
+    work_prefix: str | None = None
     secrets: tuple[str, ...] = ()  # everything of the credential, for the redactor
 
     @classmethod
@@ -61,11 +62,12 @@ class Remote:
         if not url:
             return None
         branch = env.get("TOKA_GIT_PUSH_BRANCH")
-        prefix = own = None
+        prefix = own = work = None
         if branch:
             session = env.get("TOKA_SESSION") or agent
             prefix = f"refs/heads/{branch.replace('{session}', session).strip('/')}/"
             own = f"{prefix}agents/{agent}"
+            work = f"{prefix}work/{agent}/"
         authorization, secret_values = read_credentials(env.get("TOKA_GIT_CREDENTIALS_DIR"))
         return cls(
             url=url.rstrip("/"),
@@ -74,6 +76,7 @@ class Remote:
             own_ref=own,
             authorization=authorization,
             secrets=secret_values,
+            work_prefix=work,
         )
 
 
@@ -128,7 +131,12 @@ def push_refusal(body: bytes, remote: Remote) -> str | None:
         old, new, ref = parts
         if remote.base_ref and ref in (remote.base_ref, f"refs/heads/{remote.base_ref}"):
             return f"{ref} is the base branch: it is never written"
-        if ref != remote.own_ref:
+        mine = ref == remote.own_ref or bool(
+            remote.work_prefix
+            and ref.startswith(remote.work_prefix)
+            and "/" not in ref.removeprefix(remote.work_prefix)
+        )
+        if not mine:
             return f"{ref} is not this agent's result ref ({remote.own_ref})"
         if new == ZERO:
             return f"deleting {ref} is not allowed"
@@ -252,14 +260,27 @@ class Results:
             return f"the work could not be committed: {answer.get('error')}"
         bundle = base64.b64decode(answer["bundle"])
         result = ResultCommit.model_validate(answer["result"])
+        ref = None
         if len(bundle) > MAX_BUNDLE:
-            message = (
-                f"the result bundle is {len(bundle):,} bytes, over the {MAX_BUNDLE:,} a "
-                "ConfigMap can carry between agents; keep large files out of the workspace"
-            )
-            self._fail("ResultTooLarge", message)
-            return message
-        error = await self._store(result.commit, answer["bundle"] if bundle else None)
+            remote = self.remote
+            if remote is None or remote.work_prefix is None:
+                message = (
+                    f"the result bundle is {len(bundle):,} bytes, over the {MAX_BUNDLE:,} a "
+                    "ConfigMap can carry between agents: configure workspace.git.push so that "
+                    "results travel through your repository, or keep large files out of the "
+                    "workspace"
+                )
+                self._fail("ResultTooLarge", message)
+                return message
+            # Too large for a ConfigMap: through the remote, under a ref made for this task.
+            ref = f"{remote.work_prefix}{task}"
+            error = await self._push(ref)
+            if error:
+                self._fail("PushFailed", error)
+                return error
+        error = await self._store(
+            result.commit, answer["bundle"] if bundle and not ref else None, ref
+        )
         if error:
             return error
         self.reporter.workspace(
@@ -269,10 +290,13 @@ class Results:
         )
         return None
 
-    async def _store(self, commit: str, bundle_b64: str | None) -> str | None:
+    async def _store(
+        self, commit: str, bundle_b64: str | None, ref: str | None = None
+    ) -> str | None:
+        """The result for dependents: its bundle, or the remote ref that holds it."""
         assert self.kube is not None
         assert self.configmap is not None
-        body = {"data": {"commit": commit}, "binaryData": {"bundle": bundle_b64}}
+        body = {"data": {"commit": commit, "ref": ref}, "binaryData": {"bundle": bundle_b64}}
         # Dependents start only from what is stored: ride out an API outage, as the
         # status reporter does, while the agent waits for its TaskCompleted answer.
         loop = asyncio.get_running_loop()
@@ -309,16 +333,22 @@ class Results:
             return
         if ws.pushed_ref or not self.all_done():
             return
-        try:
-            resp = await self._client().post("/git.push", json={"ref": remote.own_ref})
-            answer: JSON = resp.json()
-        except (httpx.HTTPError, ValueError) as err:
-            self._fail("PushFailed", f"the tools sidecar did not push: {type(err).__name__}")
-            return
-        if resp.status_code != 200:
-            self._fail("PushFailed", str(answer.get("error"))[:1000])
+        error = await self._push(remote.own_ref)
+        if error:
+            self._fail("PushFailed", error)
             return
         self.reporter.workspace(ws.model_copy(update={"pushed_ref": remote.own_ref}))
+
+    async def _push(self, ref: str) -> str | None:
+        """Have tools push HEAD to `ref` through the proxy; an error or None."""
+        try:
+            resp = await self._client().post("/git.push", json={"ref": ref})
+            answer: JSON = resp.json()
+        except (httpx.HTTPError, ValueError) as err:
+            return f"the tools sidecar did not push: {type(err).__name__}"
+        if resp.status_code != 200:
+            return str(answer.get("error"))[:1000]
+        return None
 
     # --- the git proxy ----------------------------------------------------------------
 

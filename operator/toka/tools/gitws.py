@@ -31,6 +31,9 @@ BASE_EMAIL = "toka@toka.dev"
 # A fixed date makes the base commit of a ConfigMap-seeded workspace the same everywhere.
 BASE_EPOCH = 1577836800  # 2020-01-01T00:00:00Z
 BRANCH = "toka/work"
+# A ConfigMap holds at most 1 MiB, and its bundle travels base64-encoded in JSON too:
+# a larger result travels through the session's remote, or fails with ResultTooLarge.
+MAX_BUNDLE = 768 * 1024
 STATE_FILE = "toka-workspace.json"  # in .git: survives a tools restart within the pod
 # Git settings that a repository's own config cannot override (command line wins).
 LOCKED_CONFIG = (
@@ -66,11 +69,21 @@ class GitError(Exception):
 
 @dataclass(frozen=True)
 class Input:
-    """A dependency's result: its commit, and the bundle file that holds it."""
+    """A dependency's result: its commit, and the bundle file that holds it, or (for a
+    result too large for a ConfigMap) the remote ref it was pushed to."""
 
     agent: str
     commit: str
     bundle: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How tools reaches the session's remote: the kernel's proxy and the pod's token."""
+
+    url: str
+    headers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -246,14 +259,25 @@ def clone_base(
     return commit
 
 
-def fetch_commit(workspace: Path, source: Input, env: dict[str, str] | None = None) -> None:
-    """Bring `source.commit` into the repository from its bundle, and check that it is there."""
-    if not source.bundle or not Path(source.bundle).is_file():
+def fetch_commit(
+    workspace: Path,
+    source: Input,
+    env: dict[str, str] | None = None,
+    remote: Remote | None = None,
+) -> None:
+    """Bring `source.commit` into the repository from its bundle (or its remote ref), and
+    check that it is what came."""
+    if source.bundle and Path(source.bundle).is_file():
+        where, what = source.bundle, "HEAD"
+    elif source.ref and remote is not None:
+        where, what = remote.url, source.ref
+        env = {**(env or git_env()), **git_env(headers=remote.headers)}
+    else:
         raise GitError(
             "ResultMissing",
             f"the result of {source.agent} ({source.commit[:12]}) is not available to this pod",
         )
-    proc = run_git(workspace, "fetch", "-q", source.bundle, "HEAD", env=env, check=False)
+    proc = run_git(workspace, "fetch", "-q", where, what, env=env, check=False)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()[-400:]
         raise GitError("ResultMissing", f"cannot read the result of {source.agent}: {err}")
@@ -272,6 +296,7 @@ def merge_inputs(
     *,
     fetched: bool = False,
     date: str | None = None,
+    remote: Remote | None = None,
 ) -> list[str]:
     """Merge each input into HEAD in order; on a conflict, undo it and name the paths.
 
@@ -281,7 +306,7 @@ def merge_inputs(
     merged: list[str] = []
     for source in inputs:
         if not fetched:
-            fetch_commit(workspace, source, env)
+            fetch_commit(workspace, source, env, remote)
         proc = run_git(
             workspace,
             "merge",
@@ -335,12 +360,13 @@ def prepare(
             "BaseMismatch",
             f"this pod's base is {base_commit[:12]} but the session's is {base[:12]}",
         )
-    if resume is not None and resume.bundle and Path(resume.bundle).is_file():
-        fetch_commit(workspace, resume)
+    remote = Remote(fetch_url, tuple(headers)) if fetch_url else None
+    if resume is not None and resume.commit != base_commit:
+        fetch_commit(workspace, resume, remote=remote)
         run_git(workspace, "checkout", "-q", "-B", BRANCH, resume.commit)
         start = resume.commit
         return Prepared(base=base_commit, start=start, resumed=True)
-    merged = merge_inputs(workspace, inputs, author)
+    merged = merge_inputs(workspace, inputs, author, remote=remote)
     return Prepared(base=base_commit, start=head(workspace), merged=merged)
 
 

@@ -189,15 +189,15 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
     try:
         if any(workspace.iterdir()):
             raise gitws.GitError("InvalidWorkspace", "the workspace volume is not empty")
-        inputs = [gitws.Input(**i) for i in json.loads(env.get("TOKA_WORKSPACE_INPUTS") or "[]")]
+        inputs = [
+            result_input(i["agent"], i["dir"], i["commit"])
+            for i in json.loads(env.get("TOKA_WORKSPACE_INPUTS") or "[]")
+        ]
         resume_dir = env.get("TOKA_WORKSPACE_RESUME_DIR")
         resume = None
         if resume_dir and Path(resume_dir, "commit").is_file():
-            resume = gitws.Input(
-                agent=env.get("TOKA_AGENT_NAME", "agent"),
-                commit=Path(resume_dir, "commit").read_text().strip(),
-                bundle=str(Path(resume_dir, "bundle")),
-            )
+            commit = Path(resume_dir, "commit").read_text().strip()
+            resume = result_input(env.get("TOKA_AGENT_NAME", "agent"), resume_dir, commit)
         seed_dir = env.get("TOKA_WORKSPACE_SEED_DIR")
         prepared = gitws.prepare(
             workspace,
@@ -225,6 +225,17 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
     if state["state"] == "Ready":
         gitws.save_state(workspace, state)
     return state
+
+
+def result_input(agent: str, directory: str, commit: str) -> gitws.Input:
+    """A result ConfigMap mounted at `directory`: its bundle, or the remote ref holding it."""
+    ref = Path(directory, "ref")
+    return gitws.Input(
+        agent=agent,
+        commit=commit,
+        bundle=str(Path(directory, "bundle")),
+        ref=ref.read_text().strip() if ref.is_file() else None,
+    )
 
 
 def kernel_git_url(env: Mapping[str, str]) -> str | None:

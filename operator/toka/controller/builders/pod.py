@@ -375,7 +375,7 @@ def _add_git_workspace(
         )
         mount = f"{INPUTS_DIR}/{entry.agent}"
         tools_mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
-        inputs.append({"agent": entry.agent, "commit": entry.commit, "bundle": f"{mount}/bundle"})
+        inputs.append({"agent": entry.agent, "commit": entry.commit, "dir": mount})
     if inputs:
         tools_env.append({"name": "TOKA_WORKSPACE_INPUTS", "value": json.dumps(inputs)})
     # This agent's own result so far: a new attempt continues from it.
