@@ -392,6 +392,34 @@ async def test_a_missing_key_secret_is_named_on_the_agent(
     assert "SecretNotFound" in reasons
 
 
+async def test_a_missing_git_credentials_secret_is_named_on_the_agent(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess
+) -> None:
+    await put_recordings(kube, namespace, "rec", {"a": recording("a", {"t": [finish("ok")]})})
+    body = session(
+        "nogit",
+        [agent("a")],
+        workspace={
+            "git": {"url": "https://git.example/r.git", "credentialsSecretRef": {"name": "gone"}}
+        },
+    )
+    await kube.create(SESSIONS, body, namespace)
+    ag = await wait_for(
+        kube,
+        AGENTS,
+        "nogit-a",
+        namespace,
+        lambda a: any(
+            c["type"] == "PodScheduled" and c["reason"] == "SecretNotFound"
+            for c in (a.get("status") or {}).get("conditions", [])
+        ),
+    )
+    message = condition(ag, "PodScheduled")["message"]
+    assert "Secret 'gone'" in message
+    assert "workspace.git.credentialsSecretRef" in message
+    assert (await kube.list(PODS, namespace))["items"] == []
+
+
 async def test_an_image_that_cannot_start_is_named_on_the_agent(
     kube: AsyncKube, namespace: str, operator: OperatorProcess
 ) -> None:

@@ -138,6 +138,9 @@ async def test_a_diamond_carries_each_agents_work_to_its_dependents_and_to_the_u
 
     # The session's result: the join's, listed with every member's.
     result = done["status"]["result"]
+    ready = next(c for c in done["status"]["conditions"] if c["type"] == "ResultReady")
+    assert (ready["status"], ready["reason"]) == ("True", "ResultMade")
+    assert "flow.session-result" in ready["message"]
     assert result["commit"] == ws["join"]["result"]["commit"]
     assert result["base"] == base
     members = {m["name"]: m["result"]["commit"] for m in done["status"]["members"]}

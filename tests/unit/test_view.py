@@ -90,3 +90,28 @@ def _text(view: Any) -> str:
     console = Console(width=200, record=True)
     console.print(render_session(view))
     return console.export_text()
+
+
+def test_a_succeeded_session_shows_its_result_and_how_to_export_it() -> None:
+    status = {
+        "phase": "Succeeded",
+        "result": {
+            "commit": "0123456789abcdef" * 2 + "01234567",
+            "base": "f" * 40,
+            "filesChanged": 4,
+            "insertions": 38,
+            "deletions": 2,
+            "pushedRef": "refs/heads/toka/s/result",
+        },
+    }
+    view = compute_session_view(session(status), [])
+    assert view.result == (
+        "0123456789ab: 4 files changed, +38 -2, pushed to refs/heads/toka/s/result"
+    )
+    assert "toka export s -n ns --patch FILE" in _text(view)
+
+
+def test_a_session_without_a_result_shows_no_result_line() -> None:
+    view = compute_session_view(session({"phase": "Running"}), [])
+    assert view.result == ""
+    assert "result" not in _text(view)

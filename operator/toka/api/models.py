@@ -608,7 +608,8 @@ class AgentSessionStatus(KubeModel):
     )
     conditions: Conditions | None = Field(
         default=None,
-        description="Ready, Progressing, Succeeded, Failed, BudgetExceeded, DeadlineExceeded.",
+        description="Ready, Progressing, Succeeded, Failed, BudgetExceeded, DeadlineExceeded, "
+        "ResultReady.",
     )
 
 

@@ -89,6 +89,9 @@ async def missing_reference(kube: AsyncKube, namespace: str, spec: JSON) -> tupl
         refs.append((CONFIGMAPS, ref["name"], ref.get("key"), "llm.replay.configMapRef"))
     if (spec.get("workspace") or {}).get("configMap"):
         refs.append((CONFIGMAPS, spec["workspace"]["configMap"], None, "workspace.configMap"))
+    git_creds = ((spec.get("workspace") or {}).get("git") or {}).get("credentialsSecretRef")
+    if git_creds:
+        refs.append((SECRETS, git_creds["name"], None, "workspace.git.credentialsSecretRef"))
     for res, name, key, field in refs:
         kind = "Secret" if res is SECRETS else "ConfigMap"
         try:

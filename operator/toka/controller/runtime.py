@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from toka.api.conditions import make_condition, merge_conditions
 from toka.api.models import Agent, AgentLimits, AgentSession
 from toka.controller.builders.meta import owned_by
 from toka.controller.builders.names import LABEL_SESSION
@@ -162,20 +163,24 @@ class Runtime:
     async def _session_result(self, body: JSON, plan: SessionPlan) -> None:
         """Merge the sink agents' results into the session's (once; retried until made)."""
         workspace = AgentSession.model_validate(body).spec.workspace
+        now = utcnow()
         try:
-            plan.status.result = await ensure_session_result(
+            result = await ensure_session_result(
                 self.kube,
                 body,
                 workspace,
                 plan.result_inputs,
-                plan.status.completion_time or utcnow(),
+                plan.status.completion_time or now,
             )
-            plan.events.append(
-                ("Normal", "ResultReady", f"session result {plan.status.result.commit[:12]}")
-            )
+            plan.status.result = result
+            message = f"session result {result.commit[:12]} in ConfigMap {result.config_map}"
+            ready = make_condition("ResultReady", True, "ResultMade", message, now=now)
+            plan.events.append(("Normal", "ResultReady", message))
         except ResultError as err:
+            ready = make_condition("ResultReady", False, "ResultFailed", str(err), now=now)
             plan.events.append(("Warning", "ResultFailed", str(err)))
             plan.requeue_after = 10
+        plan.status.conditions = merge_conditions(plan.status.conditions, [ready])
 
     # --- agents ---------------------------------------------------------------
 
