@@ -444,27 +444,25 @@ def processes_of(pod: str) -> dict[str, list[int]]:
     return found
 
 
+def big_file_recording() -> str:
+    """Agent `big` writes 900 KB of random bytes (a bundle no ConfigMap can carry)."""
+    make_big = "import os; open('big.bin', 'wb').write(os.urandom(900_000))"
+    return recording(
+        "big", {"t": [call("shell_exec", argv=["python3", "-c", make_big]), finish("made it")]}
+    )
+
+
 async def test_a_result_too_large_for_a_configmap_fails_the_agent_naming_the_reason(
     kube: AsyncKube, namespace: str, operator: OperatorProcess, node_agent: NodeAgentProcess
 ) -> None:
-    make_big = "import os; open('big.bin', 'wb').write(os.urandom(900_000))"
-    await put_recordings(
-        kube,
-        namespace,
-        "rec",
-        {
-            "big": recording(
-                "big",
-                {"t": [call("shell_exec", argv=["python3", "-c", make_big]), finish("made it")]},
-            )
-        },
-    )
+    await put_recordings(kube, namespace, "rec", {"big": big_file_recording()})
     caps = [*RW, "shell:exec:python3"]
     await kube.create(SESSIONS, session("huge", [agent("big", caps=caps)]), namespace)
     big = await wait_for(kube, AGENTS, "huge-big", namespace, phase_is(*FINAL), timeout=120)
     failed = next(x for x in big["status"]["conditions"] if x["type"] == "Failed")
     assert failed["reason"] == "ResultTooLarge"
     assert "bytes" in failed["message"]
+    assert "configure workspace.git.push" in failed["message"]
     assert big["status"]["attempts"] == 1  # the same work would be as large again
     cm = await kube.get(CONFIGMAPS, "huge-big.result", namespace)
     assert "bundle" not in (cm.get("binaryData") or {})  # nothing half-written
@@ -480,16 +478,12 @@ async def test_with_a_remote_a_result_too_large_for_a_configmap_travels_through_
     tmp_path: Path,
 ) -> None:
     await git_secret(kube, namespace)
-    make_big = "import os; open('big.bin', 'wb').write(os.urandom(900_000))"
     await put_recordings(
         kube,
         namespace,
         "rec",
         {
-            "big": recording(
-                "big",
-                {"t": [call("shell_exec", argv=["python3", "-c", make_big]), finish("made it")]},
-            ),
+            "big": big_file_recording(),
             "after": recording("after", {"t": [write("seen.txt", "yes\n"), finish("saw it")]}),
         },
     )

@@ -46,13 +46,9 @@ async def git_authorization(kube: AsyncKube, ns: str, git: GitSource) -> list[st
     if git.credentials_secret_ref is None:
         return []
     secret = await kube.get(SECRETS, git.credentials_secret_ref.name, ns)
-    data = {k: base64.b64decode(v).decode().strip() for k, v in (secret.get("data") or {}).items()}
-    password = data.get("password") or data.get("token")
-    if not password:
-        return []
-    user = data.get("username") or "x-access-token"
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return [f"Authorization: Basic {encoded}"]
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    authorization, _ = gitws.basic_authorization(data)
+    return [f"Authorization: {authorization}"] if authorization else []
 
 
 async def make_base(

@@ -34,7 +34,7 @@ from aiohttp import web
 from toka.api.models import ResultCommit, TaskState, WorkspaceState, WorkspaceStatus
 from toka.kernel.reporter import Reporter
 from toka.kube.client import CONFIGMAPS, ApiError, AsyncKube
-from toka.tools.gitws import MAX_BUNDLE
+from toka.tools.gitws import MAX_BUNDLE, basic_authorization
 from toka.tools.ops import GIT_TOKEN_HEADER
 
 log = logging.getLogger("toka.kernel.results")
@@ -85,18 +85,12 @@ def read_credentials(directory: str | None) -> tuple[str | None, tuple[str, ...]
     and the values a redactor must hide."""
     if not directory:
         return None, ()
-    folder = Path(directory)
-
-    def key(name: str) -> str | None:
-        path = folder / name
-        return path.read_text().strip() if path.is_file() else None
-
-    password = key("password") or key("token")
-    if not password:
-        return None, ()
-    user = key("username") or "x-access-token"
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return f"Basic {encoded}", (password, encoded)
+    keys = {
+        name: (Path(directory) / name).read_text()
+        for name in ("username", "password", "token")
+        if (Path(directory) / name).is_file()
+    }
+    return basic_authorization(keys)
 
 
 def pkt_lines(data: bytes) -> list[bytes]:

@@ -17,6 +17,7 @@ runs in the tools sidecar, in the operator and in `toka export`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -95,6 +96,17 @@ class Prepared:
 
     def wire(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def basic_authorization(keys: dict[str, str]) -> tuple[str | None, tuple[str, ...]]:
+    """The `Authorization` value for a git credentials Secret's keys (`username` and
+    `password`, or `token`), and every value a redactor must hide; (None, ()) without one."""
+    password = (keys.get("password") or keys.get("token") or "").strip()
+    if not password:
+        return None, ()
+    user = (keys.get("username") or "").strip() or "x-access-token"
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return f"Basic {encoded}", (password, encoded)
 
 
 def git_env(home: str | None = None, headers: Iterable[str] = ()) -> dict[str, str]:
