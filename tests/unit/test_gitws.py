@@ -143,3 +143,16 @@ def test_an_attempt_whose_earlier_result_is_the_base_starts_afresh(tmp_path: Pat
     )
     assert not again.resumed
     assert again.start == base
+
+
+def test_a_tools_restart_after_a_half_made_workspace_starts_over(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".git").mkdir(parents=True)
+    (ws / "half-written.txt").write_text("x")
+    seed_dir = tmp_path / "seed"
+    seed_dir.mkdir()
+    (seed_dir / "README.md").write_text("# calc\n")
+    state = prepare_workspace(ws, {"TOKA_WORKSPACE_SEED_DIR": str(seed_dir)})
+    assert state["state"] == "Ready"
+    assert sorted(p.name for p in ws.iterdir()) == [".git", "README.md"]
+    assert prepare_workspace(ws, {"TOKA_WORKSPACE_SEED_DIR": str(seed_dir)}) == state

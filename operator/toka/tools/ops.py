@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -187,8 +188,13 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
     if saved is not None:
         return saved
     try:
-        if any(workspace.iterdir()):
-            raise gitws.GitError("InvalidWorkspace", "the workspace volume is not empty")
+        for leftover in workspace.iterdir():
+            # An earlier start of this container stopped half-way (its state is saved
+            # only when ready); the pod's own volume holds nothing else, so start over.
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
         inputs = [
             result_input(i["agent"], i["dir"], i["commit"])
             for i in json.loads(env.get("TOKA_WORKSPACE_INPUTS") or "[]")
