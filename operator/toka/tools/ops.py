@@ -297,13 +297,9 @@ class Workspace:
     def push(self, args: JSON) -> JSON:
         self.require_git()
         ref = args.get("ref")
-        url = kernel_git_url(self.env) or (
-            f"http://{self.env.get('TOKA_KERNEL_ADDR')}/git/repo"
-            if self.env.get("TOKA_KERNEL_ADDR")
-            else None
-        )
+        url = kernel_git_url(self.env)
         if not isinstance(ref, str) or not url:
-            raise ToolError("ref must be a string, and the kernel's address known")
+            raise ToolError("ref must be a string, and the session must have a git remote")
         try:
             gitws.push(self.root, url, ref, kernel_git_headers(self.env))
         except gitws.GitError as err:
