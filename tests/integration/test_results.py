@@ -382,6 +382,8 @@ async def test_results_are_pushed_under_the_prefix_and_the_credential_stays_in_t
         for pid in seen[container]:
             for part in ("environ", "cmdline"):
                 assert PASSWORD.encode() not in Path(f"/proc/{pid}/{part}").read_bytes(), container
+            # ... nor any file the container sees where secrets are mounted or left.
+            assert files_holding(Path(f"/proc/{pid}/root"), PASSWORD.encode()) == [], container
 
     done = await wait_for(kube, SESSIONS, "ship", namespace, phase_is(*FINAL), timeout=240)
     assert done["status"]["phase"] == "Succeeded", done["status"]
@@ -423,6 +425,20 @@ async def test_a_private_repository_without_credentials_fails_as_git_auth_failed
     assert failed["reason"] == "GitAuthFailed"
     assert "credentialsSecretRef" in failed["message"]
     assert a["status"]["run"]["usage"]["requests"] == 0
+
+
+def files_holding(root: Path, secret: bytes) -> list[str]:
+    """Files under a container's root (as the container sees it) that hold `secret`."""
+    found = []
+    for top in ("tmp", "run", "etc", "var/run", "workspace"):
+        for path in (root / top).rglob("*") if (root / top).is_dir() else ():
+            try:
+                small = path.is_file() and not path.is_symlink() and path.stat().st_size < 2e6
+                if small and secret in path.read_bytes():
+                    found.append(str(path.relative_to(root)))
+            except OSError:
+                continue
+    return found
 
 
 def processes_of(pod: str) -> dict[str, list[int]]:
