@@ -48,7 +48,6 @@ def results_with(server: GitServer, creds: Path | None):
         remote = Remote(
             url=server.url("proj.git"),
             base_ref="main",
-            push_prefix=PREFIX,
             own_ref=OWN,
             authorization=auth,
             secrets=secrets,

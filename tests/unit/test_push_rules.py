@@ -10,7 +10,6 @@ OWN = "refs/heads/toka/s/agents/me"
 REMOTE = Remote(
     url="https://git.example/r.git",
     base_ref="main",
-    push_prefix="refs/heads/toka/s/",
     own_ref=OWN,
     authorization=None,
     work_prefix="refs/heads/toka/s/work/me/",
@@ -59,9 +58,7 @@ def test_a_push_may_only_create_the_agents_own_result_ref(
 
 
 def test_without_a_configured_push_nothing_may_be_pushed() -> None:
-    remote = Remote(
-        url=REMOTE.url, base_ref="main", push_prefix=None, own_ref=None, authorization=None
-    )
+    remote = Remote(url=REMOTE.url, base_ref="main", own_ref=None, authorization=None)
     assert "no workspace.git.push" in (push_refusal(push((ZERO, A, OWN)), remote) or "")
 
 

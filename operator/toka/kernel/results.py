@@ -49,7 +49,6 @@ class Remote:
 
     url: str
     base_ref: str | None
-    push_prefix: str | None  # e.g. refs/heads/toka/my-session/
     own_ref: str | None  # refs/heads/toka/my-session/agents/<agent>
     authorization: str | None  # the header value; never logged
     # Where a result too large for a ConfigMap goes after each task: <prefix>work/<agent>/
@@ -62,7 +61,7 @@ class Remote:
         if not url:
             return None
         branch = env.get("TOKA_GIT_PUSH_BRANCH")
-        prefix = own = work = None
+        own = work = None
         if branch:
             session = env.get("TOKA_SESSION") or agent
             prefix = f"refs/heads/{branch.replace('{session}', session).strip('/')}/"
@@ -72,7 +71,6 @@ class Remote:
         return cls(
             url=url.rstrip("/"),
             base_ref=env.get("TOKA_WORKSPACE_GIT_REF"),
-            push_prefix=prefix,
             own_ref=own,
             authorization=authorization,
             secrets=secret_values,
