@@ -220,7 +220,8 @@ class GitPush(KubeModel):
     ] = Field(
         default="toka/{session}",
         description="Branch prefix; `{session}` is the session's name. Each agent's result goes "
-        "to <branch>/agents/<agent>, the session's to <branch>/result. Refs are only created: "
+        "to <branch>/agents/<agent>, the session's to <branch>/result, and a result too large "
+        "for a ConfigMap to <branch>/work/<agent>/<task> after each task. Refs are only created: "
         "an existing one is never moved, deleted or force-pushed, and the base branch is never "
         "written.",
     )
