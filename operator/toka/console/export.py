@@ -60,9 +60,12 @@ async def export(
                 raise ExportError(str(err)) from None
             except ApiError as err:
                 raise ExportError(f"reading the result: {err}") from None
-            return await asyncio.to_thread(
-                _write, repo, name, result.base, result.commit, patch, directory, bundle
-            )
+            try:
+                return await asyncio.to_thread(
+                    _write, repo, name, result.base, result.commit, patch, directory, bundle
+                )
+            except (gitws.GitError, OSError) as err:
+                raise ExportError(f"writing the result: {err}") from None
 
 
 def _write(
