@@ -51,11 +51,13 @@ bench: controlplane
 	$(BIN)/python -m bench.kernel_agent
 	$(BIN)/python -m bench.operator_scale
 	$(BIN)/python -m bench.results_flow
+	$(BIN)/python -m bench.confinement
 
 bench-smoke: controlplane
 	$(BIN)/python -m bench.llm_gateway_overhead --smoke
 	$(BIN)/python -m bench.kernel_agent --smoke
 	$(BIN)/python -m bench.results_flow --smoke
+	$(BIN)/python -m bench.confinement --smoke
 
 dev-up: controlplane
 	$(BIN)/toka dev up

@@ -7,6 +7,11 @@ Bodies follow the providers' documented shapes: Anthropic's Messages API
 (`type: message`, content blocks, `type: error`) and OpenAI's Chat
 Completions (`choices`, `tool_calls` with string arguments, SSE chunks,
 `{"error": {...}}`).
+
+A reply can also be held until the test releases it (`hold`, after
+`hold_after` SSE chunks), so a test can hang up on the kernel at a known
+point, and its body can be built from the request (`body_for`), so a server
+can bill exactly the `max_tokens` it was granted.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +37,10 @@ class Reply:
     truncate: bool = False  # promise more bytes than sent, then cut the connection
     stream: list[Any] | None = None  # OpenAI SSE: chunks (dicts), "[DONE]" added unless cut
     cut_stream: bool = False
+    started: asyncio.Event | None = None  # set once the request has arrived
+    hold: asyncio.Event | None = None  # answer (or go on streaming) only once this is set
+    hold_after: int = 0  # SSE chunks sent before holding
+    body_for: Callable[[JSON], Any] | None = None  # the body, from the request's body
 
 
 def anthropic_message(
@@ -261,10 +271,16 @@ class ProviderServer:
         if denied is not None:
             return denied
         reply = self.replies.popleft() if self.replies else self._default(body)
+        if reply.started is not None:
+            reply.started.set()
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.stream is not None:
             return await self._sse(request, reply)
+        if reply.hold is not None:
+            await reply.hold.wait()
+        if reply.body_for is not None:
+            reply.body = reply.body_for(body)
         if reply.body is None:
             reply.body = self._default(body).body
         payload = (
@@ -298,8 +314,13 @@ class ProviderServer:
         )
         await resp.prepare(request)
         assert reply.stream is not None
-        for chunk in reply.stream:
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        try:
+            for i, chunk in enumerate(reply.stream):
+                if reply.hold is not None and i == reply.hold_after:
+                    await reply.hold.wait()
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        except ConnectionResetError:
+            return resp  # the client (the gateway) hung up: nothing more to send
         if reply.cut_stream:
             assert request.transport is not None
             request.transport.close()

@@ -67,8 +67,12 @@ def helm(command: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# What `helm install` finds from the cluster; `helm template` is told.
+API_SERVER = "networkPolicy.apiServer.cidrs={10.96.0.1/32,172.18.0.2/32}"
+
+
 def render(release: str, namespace: str, *sets: str) -> tuple[str, list[JSON]]:
-    flags = [f for s in sets for f in ("--set", s)]
+    flags = [f for s in (API_SERVER, *sets) for f in ("--set", s)]
     done = helm("template", release, str(CHART), "--namespace", namespace, *flags)
     assert done.returncode == 0, done.stderr
     return done.stdout, [d for d in yaml.safe_load_all(done.stdout) if d]
@@ -76,7 +80,7 @@ def render(release: str, namespace: str, *sets: str) -> tuple[str, list[JSON]]:
 
 @pytest.mark.parametrize("sets", [[], ["watchNamespaces={team-a,team-b}"]], ids=["cluster", "ns"])
 def test_the_chart_lints_and_renders(sets: list[str]) -> None:
-    flags = [f for s in sets for f in ("--set", s)]
+    flags = [f for s in (API_SERVER, *sets) for f in ("--set", s)]
     linted = helm("lint", "--strict", str(CHART), *flags)
     assert linted.returncode == 0, linted.stdout + linted.stderr
     text, docs = render("toka", "toka-system", *sets)
@@ -117,12 +121,58 @@ def test_llm_defaults_reach_the_operator_and_no_key_is_a_value() -> None:
 
 
 def test_the_network_policy_never_lets_agents_reach_metadata_addresses() -> None:
-    _, docs = render("toka", "toka-system")
+    # A user's own entry without `except` still never reaches metadata addresses.
+    _, docs = render(
+        "toka",
+        "toka-system",
+        "networkPolicy.egress[0].cidr=0.0.0.0/0",
+        "networkPolicy.egress[0].ports={443}",
+    )
     (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert policy["spec"]["podSelector"]["matchExpressions"][0]["key"] == "toka.dev/agent"
     blocks = [t["ipBlock"] for rule in policy["spec"]["egress"] for t in rule.get("to", [])]
     assert blocks
     assert all("169.254.0.0/16" in b.get("except", []) for b in blocks if b["cidr"] == "0.0.0.0/0")
+
+
+PRIVATE = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8"]
+
+
+def test_by_default_agents_reach_public_addresses_and_the_api_server_alone() -> None:
+    _, docs = render("toka", "toka-system")
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    rules = policy["spec"]["egress"]
+    api = [r for r in rules if {p["port"] for p in r["ports"]} == {443, 6443}]
+    assert [[t["ipBlock"] for t in r["to"]] for r in api] == [
+        [{"cidr": "10.96.0.1/32"}, {"cidr": "172.18.0.2/32"}]
+    ]
+    wide = [t["ipBlock"] for r in rules if r not in api for t in r.get("to", [])]
+    assert {b["cidr"] for b in wide} == {"0.0.0.0/0", "::/0"}
+    v4 = next(b for b in wide if b["cidr"] == "0.0.0.0/0")
+    assert set(PRIVATE) | {"169.254.0.0/16"} <= set(v4["except"])
+    v6 = next(b for b in wide if b["cidr"] == "::/0")
+    assert {"fc00::/7", "fe80::/10", "::1/128"} <= set(v6["except"])
+
+
+def test_without_a_cluster_to_ask_the_chart_asks_for_the_api_servers_addresses() -> None:
+    done = helm("template", "toka", str(CHART))
+    assert done.returncode != 0
+    assert "networkPolicy.apiServer.cidrs" in done.stderr
+
+
+def test_an_in_cluster_llm_endpoint_is_opened_by_its_own_entry() -> None:
+    entry = (
+        'networkPolicy.egress=[{"namespaceSelector": {"matchLabels": '
+        '{"kubernetes.io/metadata.name": "llm"}}, "ports": [8000]}]'
+    )
+    done = helm("template", "toka", str(CHART), "--set", API_SERVER, "--set-json", entry)
+    assert done.returncode == 0, done.stderr
+    (policy,) = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "NetworkPolicy"]
+    last = policy["spec"]["egress"][-1]
+    assert last["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "llm"}}}
+    ]
+    assert last["ports"] == [{"protocol": "TCP", "port": 8000}]
 
 
 @pytest.mark.parametrize(

@@ -332,7 +332,7 @@ async def test_results_are_pushed_under_the_prefix_and_the_credential_stays_in_t
     # command line, the git config of the workspace, and a search of the usual places.
     snoop = (
         "env; cat /proc/[0-9]*/environ | tr '\\0' '\\n'; cat /proc/[0-9]*/cmdline | tr '\\0' ' '; "
-        "cat .git/config; ls -la /etc/toka /run/toka; "
+        "git config --list; cat $GIT_DIR/config; ls -la /etc/toka /run/toka; "
         # A pattern that matches the password without holding it (this command line is read too).
         f"timeout 30 grep -rIl -e '{PASSWORD[:-1]}[{PASSWORD[-1]}]' /run /var /etc /tmp /workspace"
     )
@@ -347,7 +347,7 @@ async def test_results_are_pushed_under_the_prefix_and_the_credential_stays_in_t
                     "t": [
                         call(
                             "shell_exec",
-                            argv=["sh", "-c", f"({snoop}) > /tmp/loot.txt 2>&1; sleep 6"],
+                            argv=["sh", "-c", f"({snoop}) > loot.txt 2>&1; sleep 6"],
                         ),
                         write("src/app.py", "print('hello')\n"),
                         finish("said hello"),
@@ -390,9 +390,10 @@ async def test_results_are_pushed_under_the_prefix_and_the_credential_stays_in_t
     a = await kube.get(AGENTS, "ship-a", namespace)
     b = await kube.get(AGENTS, "ship-b", namespace)
     loot = (
-        node_agent.pod_dir(namespace, a["status"]["podName"]) / "volumes" / "tools-tmp" / "loot.txt"
+        node_agent.pod_dir(namespace, a["status"]["podName"]) / "volumes" / "workspace" / "loot.txt"
     ).read_text(errors="replace")
     assert "PATH=" in loot  # the snooping ran
+    assert "remote.origin.url=http" in loot  # and read the repository's config
     assert PASSWORD not in loot
     assert USER not in loot
     assert base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in loot

@@ -8,6 +8,9 @@ the requesting user with the API server's own authorizer.
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import socket
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from toka.controller.builders.pod import KEY_DIR, TOKEN_DIR, WORKSPACE
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import (
     AGENTS,
+    CONFIGMAPS,
     PODS,
     ROLEBINDINGS,
     ROLES,
@@ -283,7 +287,7 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
                 "snoop",
                 {
                     "t": [
-                        call("shell_exec", argv=["sh", "-c", f"({snoop}) > loot.txt 2>&1"]),
+                        call("shell_exec", argv=["sh", "-c", f"({snoop}) > out/loot.txt 2>&1"]),
                         finish("looked around"),
                     ]
                 },
@@ -292,7 +296,7 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
     )
     body = standalone(
         "snoop",
-        capabilities=["llm:complete", "shell:exec:sh"],
+        capabilities=["llm:complete", "shell:exec:sh", "fs:write:out/**"],
         llm={
             "provider": "replay",
             "replay": {"configMapRef": {"name": "rec", "key": "snoop.json"}},
@@ -306,7 +310,7 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
     assert done["status"]["phase"] == "Succeeded", done["status"]
     pod = done["status"]["podName"]
     pod_dir = node_agent.pod_dir(namespace, pod)
-    loot = (pod_dir / "volumes" / "workspace" / "loot.txt").read_text(errors="replace")
+    loot = (pod_dir / "volumes" / "workspace" / "out" / "loot.txt").read_text(errors="replace")
     token = (pod_dir / "volumes" / "kube-api-access" / "token").read_text().strip()
     # The program ran and looked (its own output is there) ...
     assert "No such file or directory" in loot
@@ -315,3 +319,125 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
     assert key not in loot
     assert token
     assert token not in loot
+
+
+PROBE = """
+import json, socket
+seen = {}
+for path in ("public/readme.txt", "private/key.txt"):
+    try:
+        seen["read " + path] = open(path).read()
+    except OSError as err:
+        seen["read " + path] = type(err).__name__
+for path in ("out/python.txt", "private/x", "public/x", "x"):
+    try:
+        open(path, "w").write("written")
+        seen["write " + path] = "written"
+    except OSError as err:
+        seen["write " + path] = type(err).__name__
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=10)
+    seen["connect"] = "connected"
+except OSError as err:
+    seen["connect"] = type(err).__name__
+open("out/python.json", "w").write(json.dumps(seen))
+"""
+
+
+async def test_granted_git_and_python_in_a_real_pod_reach_only_what_the_grant_names(
+    kube: AsyncKube,
+    namespace: str,
+    operator: OperatorProcess,
+    node_agent: NodeAgentProcess,
+) -> None:
+    """The kernel checks argv[0]; Landlock confines what the program then does: git's
+    alias runs a shell, python3 runs any code, and neither gets past the fs: grants or
+    opens a TCP connection (a listener on the node's loopback counts who tried)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    await kube.create(
+        CONFIGMAPS,
+        {
+            "metadata": {"name": "seed"},
+            "data": {"public__readme.txt": "public words", "private__key.txt": "the secret"},
+        },
+        namespace,
+    )
+    shell = (
+        "cat private/key.txt > out/git-read.txt 2>&1; "
+        "(echo written > private/y) 2> out/git-write.txt; "
+        f"git -c protocol.allow=always ls-remote http://127.0.0.1:{port}/r > out/git-net.txt 2>&1; "
+        "exit 0"
+    )
+    await put_recordings(
+        kube,
+        namespace,
+        "rec",
+        {
+            "probe": recording(
+                "probe",
+                {
+                    "t": [
+                        call("shell_exec", argv=["git", "-c", f"alias.x=!{shell}", "x"]),
+                        call(
+                            "shell_exec", argv=["python3", "-c", PROBE.replace("PORT", str(port))]
+                        ),
+                        finish("probed"),
+                    ]
+                },
+            )
+        },
+    )
+    body = standalone(
+        "probe",
+        capabilities=[
+            "llm:complete",
+            "git-access",
+            "python-execution",
+            "fs:read:public/**",
+            "fs:read:out/**",
+            "fs:write:out/**",
+        ],
+        llm={
+            "provider": "replay",
+            "replay": {"configMapRef": {"name": "rec", "key": "probe.json"}},
+        },
+        workspace={"configMap": "seed"},
+    )
+    try:
+        await kube.create(AGENTS, body, namespace)
+        done = await wait_for(
+            kube, AGENTS, "probe", namespace, phase_is("Succeeded", "Failed"), timeout=120
+        )
+        connections = 0
+        with contextlib.suppress(TimeoutError, OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.close()
+                connections += 1
+    finally:
+        listener.close()
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["run"]["sandbox"]["level"] == "Landlock"
+    assert "tcp" in done["status"]["run"]["sandbox"]["guarantees"]
+    ws = node_agent.pod_dir(namespace, done["status"]["podName"]) / "volumes" / "workspace"
+    seen = json.loads((ws / "out" / "python.json").read_text())
+    assert seen == {
+        "read public/readme.txt": "public words",
+        "read private/key.txt": "PermissionError",
+        "write out/python.txt": "written",
+        "write private/x": "PermissionError",
+        "write public/x": "PermissionError",
+        "write x": "PermissionError",
+        "connect": "PermissionError",
+    }
+    assert "Permission denied" in (ws / "out" / "git-read.txt").read_text()
+    assert "Permission denied" in (ws / "out" / "git-write.txt").read_text()
+    assert "unable to access" in (ws / "out" / "git-net.txt").read_text()
+    assert not (ws / "private" / "y").exists()
+    assert not (ws / "private" / "x").exists()
+    assert "the secret" not in "".join(p.read_text() for p in (ws / "out").iterdir())
+    assert connections == 0

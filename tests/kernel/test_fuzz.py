@@ -2,7 +2,9 @@
 
 Whatever arrives, the kernel answers 2xx or 4xx, keeps serving, and grants
 nothing beyond `fs:read:notes/**` and `llm:complete`: no file outside notes/
-is ever read back, nothing is written, no program runs.
+is ever read back, nothing is written, no program runs. And however a path is
+spelled (`.`, empty segments, a trailing `/`), it reaches only files the grant
+names in their canonical spelling.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kernel.stack import hello_recording, kernel_stack
+from toka.api.capabilities import Grant
 from toka.kernel.server import MAX_BODY, MESSAGE_TYPES
 
 PATHS = [
@@ -135,6 +138,63 @@ def test_no_input_makes_the_kernel_fail_or_grant_more(tmp_path: Path) -> None:
         assert after == before
         assert (stack.workspace / "secret.txt").read_text() == SECRET
         assert any(400 <= code < 500 for code in answers)
+    finally:
+        loop.run_until_complete(stack_cm.__aexit__(None, None, None))
+        loop.close()
+
+
+# Spellings of workspace paths: `.`, empty and `..` segments, absolute, trailing `/` or `/.`.
+SEGMENTS = [".", "", "..", "notes", "n.md", "deep", "d.md", "secret.txt", "README.md", "a"]
+fs_paths = st.builds(
+    lambda lead, segments, trail: lead + "/".join(segments) + trail,
+    st.sampled_from(["", "./", "/"]),
+    st.lists(st.sampled_from(SEGMENTS), max_size=4),
+    st.sampled_from(["", "/", "/."]),
+)
+# Grants with `*` segments, which an empty or `.` segment would satisfy if matched as spelled.
+FS_GRANT = ["fs:read:notes/*", "fs:read:*/secret.txt", "fs:write:*/README.md"]
+DEEP = "DEEP-BELOW-NOTES"
+
+
+def test_no_spelling_of_a_path_reaches_a_file_the_grant_does_not_name(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    grant = Grant.from_strings(FS_GRANT)
+    loop = asyncio.new_event_loop()
+    stack_cm = kernel_stack(ws, FS_GRANT)
+    stack = loop.run_until_complete(stack_cm.__aenter__())
+    (stack.workspace / "notes" / "deep").mkdir(parents=True)
+    (stack.workspace / "notes" / "n.md").write_text("a note")
+    (stack.workspace / "notes" / "deep" / "d.md").write_text(DEEP)
+    (stack.workspace / "secret.txt").write_text(SECRET)
+    (stack.workspace / "README.md").write_text("readme")
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,
+    )
+    @given(tool=st.sampled_from(["fs.read", "fs.write", "fs.list"]), path=fs_paths)
+    def check(tool: str, path: str) -> None:
+        body = {"path": path, "content": "written"} if tool == "fs.write" else {"path": path}
+        resp = loop.run_until_complete(stack.http.post(f"/v1/tools/{tool}", json=body))
+        assert resp.status_code < 500, (tool, path, resp.text[:300])
+        assert SECRET not in resp.text, (tool, path)
+        assert DEEP not in resp.text, (tool, path)
+        if tool == "fs.list" and resp.status_code == 200:
+            for entry in resp.json()["entries"]:
+                assert grant.permits("fs", "read", entry), (path, entry)
+
+    try:
+        check()
+        # Every file written is one the grant names, under the name it was written as.
+        for file in stack.workspace.rglob("*"):
+            rel = str(file.relative_to(stack.workspace))
+            if file.is_file() and file.read_text() == "written":
+                assert grant.permits("fs", "write", rel), rel
+        assert (stack.workspace / "secret.txt").read_text() == SECRET
+        assert (stack.workspace / "README.md").read_text() == "readme"
     finally:
         loop.run_until_complete(stack_cm.__aexit__(None, None, None))
         loop.close()

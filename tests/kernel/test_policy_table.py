@@ -57,9 +57,15 @@ def write(path: str, caps: list[str], status: int, reason: str | None = None, **
     )
 
 
-def listing(path: str, caps: list[str], status: int, reason: str | None = None) -> Case:
+def listing(path: str, caps: list[str], status: int, reason: str | None = None, **kw: Any) -> Case:
     return Case(
-        f"fs.list {path!r} with {caps}", caps, "/v1/tools/fs.list", {"path": path}, status, reason
+        f"fs.list {path!r} with {caps}",
+        caps,
+        "/v1/tools/fs.list",
+        {"path": path},
+        status,
+        reason,
+        **kw,
     )
 
 
@@ -99,8 +105,37 @@ def file_is(rel: str, content: str | None) -> Any:
     return check
 
 
+def output_has(text: str, *, not_: str | None = None) -> Any:
+    """What the program printed (stdout and stderr) holds `text`, and never `not_`."""
+
+    def check(stack: Stack, answer: JSON) -> None:
+        out = answer["stdout"] + answer["stderr"]
+        assert text in out, answer
+        if not_ is not None:
+            assert not_ not in out, answer
+
+    return check
+
+
 def nothing_written_outside(stack: Stack, answer: JSON) -> None:
     assert not (stack.workspace / "private" / "x").exists()
+
+
+def content_is(text: str) -> Any:
+    def check(stack: Stack, answer: JSON) -> None:
+        assert answer["content"] == text
+
+    return check
+
+
+def lists(shown: list[str], hidden: tuple[str, ...] = ()) -> Any:
+    def check(stack: Stack, answer: JSON) -> None:
+        entries = answer["entries"]
+        assert set(shown) <= set(entries), entries
+        assert not set(hidden) & set(entries), entries
+        assert not any(".git" in e.split("/") for e in entries), entries
+
+    return check
 
 
 ASK = {"messages": [{"role": "user", "content": "hi"}], "task": "t", "turn": 1}
@@ -143,6 +178,44 @@ CASES = [
     read("public/link/key.txt", ["fs:read:public/**"], 403, "denied"),
     write("public/link/x", ["fs:write:public/**"], 403, "denied", check=nothing_written_outside),
     read("public/ok.txt", ["fs:read:public/**"], 200),
+    # --- canonical paths: the grant is checked on exactly the path the tools sidecar opens;
+    # `.` and empty segments are dropped, and a file op on a directory's spelling is refused
+    read("./README.md", ["fs:read:*/*"], 403, "denied"),
+    read("./README.md", READ_ALL, 200, check=content_is("readme")),
+    write("./README.md", ["fs:write:*/*"], 403, "denied", check=file_is("README.md", "readme")),
+    read("src//a.py", ["fs:read:src/*/a.py"], 403, "denied"),
+    read("src//a.py", ["fs:read:src/*.py"], 200, check=content_is("print(1)\n")),
+    write(
+        "notes//a.md", ["fs:write:notes/*/a.md"], 403, "denied", check=file_is("notes/a.md", None)
+    ),
+    read("README.md/", ["fs:read:README.md/*"], 403, "denied"),
+    write(
+        "README.md/", ["fs:write:README.md/**"], 403, "denied", check=file_is("README.md", "readme")
+    ),
+    read("private/", ["fs:read:private/**"], 403, "denied"),
+    read("private/", READ_ALL, 403, "denied"),
+    read(".", READ_ALL, 403, "denied"),
+    read("src/.", READ_ALL, 403, "denied"),
+    listing(".", READ_ALL, 200, check=lists(["README.md", "src/a.py"])),
+    listing(".", ["fs:read:src/**"], 403, "denied"),
+    listing("src/.", ["fs:read:src/*"], 200, check=lists(["src/a.py"])),
+    listing("./src//", ["fs:read:src/**"], 200, check=lists(["src/a.py"])),
+    # --- listings: only names the grant covers, at any depth
+    listing("src", ["fs:read:src/*"], 200, check=lists(["src/a.py"], ("src/deep/secret.py",))),
+    listing("src", ["fs:read:src/**"], 200, check=lists(["src/a.py", "src/deep/secret.py"])),
+    listing(
+        "",
+        ["fs:read:*", "fs:read:src/**"],
+        200,
+        check=lists(["README.md", "src/deep/secret.py"], ("private/key.txt", "public/ok.txt")),
+    ),
+    listing("", READ_ALL, 200, check=lists(["README.md", "private/key.txt", "src/deep/secret.py"])),
+    # --- filesystem errors: a 4xx with the reason, never a dropped connection (a 503)
+    write("README.md/x", ["fs:write:**"], 409, "tool_failed", check=file_is("README.md", "readme")),
+    write("README.md/x/y", ["fs:write:**"], 409, "tool_failed"),
+    write("src", ["fs:write:**"], 409, "tool_failed"),
+    read("src", READ_ALL, 409, "tool_failed"),
+    write("x" * 300, ["fs:write:**"], 400, "tool_failed"),
     # --- argv: a program name, never a shell string or a path
     run(
         ["echo", "hi; cat /etc/passwd"],
@@ -160,6 +233,54 @@ CASES = [
     run([], ["shell:exec:echo"], 422, "invalid"),
     run(["ls"], READ_ALL, 403, "denied"),
     run(["env"], ["shell:exec:env"], 200),
+    # --- programs: argv[0] is all the kernel sees; Landlock confines what the program does
+    run(
+        ["git", "-c", "alias.x=!cat public/ok.txt private/key.txt", "x"],
+        ["git-access", "fs:read:public/**"],
+        200,
+        check=output_has("ok", not_="secret"),
+    ),
+    run(
+        ["python3", "-c", "print(open('private/key.txt').read())"],
+        ["python-execution", "fs:read:**", "fs:write:public/**"],
+        200,
+        check=output_has("secret"),
+    ),
+    run(
+        ["python3", "-c", "print(open('private/key.txt').read())"],
+        ["python-execution", "fs:read:public/**"],
+        200,
+        check=output_has("PermissionError", not_="secret"),
+    ),
+    run(
+        ["python3", "-c", "open('README.md', 'w').write('changed')"],
+        ["python-execution", "fs:read:**", "fs:write:public/**"],
+        200,
+        check=lambda stack, answer: (
+            output_has("PermissionError")(stack, answer),
+            file_is("README.md", "readme")(stack, answer),
+        ),
+    ),
+    run(
+        ["python3", "-c", "open('public/new.txt', 'w').write('made')"],
+        ["python-execution", "fs:write:public/**"],
+        200,
+        check=file_is("public/new.txt", "made"),
+    ),
+    run(
+        ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 9), 5)"],
+        ["python-execution", "net:http:*"],
+        200,
+        check=output_has("PermissionError"),
+    ),
+    run(
+        ["cat", "/proc/self/environ", "/proc/1/environ"],
+        ["shell:exec:cat", "fs:read:**"],
+        200,
+        check=output_has("Permission denied", not_="PATH="),
+    ),
+    run(["sh", "-c", "echo $HOME"], ["shell:exec:sh"], 200, check=output_has("toka-exec-")),
+    run(["README.md"], ["shell:exec:README.md", "fs:read:**"], 404, "not_found"),
     # --- network: refused after DNS for private, loopback, link-local and metadata
     fetch("http://127.0.0.1:9/", NET_ALL, 403),
     fetch("http://localhost:9/", NET_ALL, 403),
@@ -213,6 +334,10 @@ def layout(ws: Path) -> None:
     (ws / "public").mkdir()
     (ws / "README.md").write_text("readme")
     (ws / "src" / "a.py").write_text("print(1)\n")
+    (ws / "src" / "deep").mkdir()
+    (ws / "src" / "deep" / "secret.py").write_text("deep")
+    (ws / ".git").mkdir()
+    (ws / ".git" / "config").write_text("[core]")
     (ws / "private" / "key.txt").write_text("secret")
     (ws / "public" / "ok.txt").write_text("ok")
     os.symlink("../private", ws / "public" / "link")
@@ -248,3 +373,14 @@ async def test_each_request_gets_exactly_what_its_grant_allows(case: Case, tmp_p
 
 def test_the_table_has_the_cases_the_issue_asks_for() -> None:
     assert len(CASES) >= 40
+
+
+async def test_an_audit_line_shows_the_path_as_sent_and_the_path_checked(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    async with kernel_stack(tmp_path / "ws", READ_ALL) as stack:
+        layout(stack.workspace)
+        resp = await stack.http.post("/v1/tools/fs.read", json={"path": "./src//a.py"})
+        assert resp.status_code == 200, resp.json()
+        assert resp.json()["path"] == "src/a.py"
+        record = stack.audit_records()[-1]
+        assert (record["target"], record["raw"]) == ("src/a.py", "./src//a.py")

@@ -73,17 +73,19 @@ async def test_the_first_change_goes_out_at_once_then_at_most_one_write_a_second
     assert api.writes[-1]["lastObservation"]["message"] == "step 49"
 
 
-async def test_task_transitions_are_written_at_once_not_coalesced() -> None:
+async def test_task_transitions_wait_for_the_interval_like_any_change_and_none_is_lost() -> None:
     api = API()
-    r = reporter(api, min_interval=10)
+    r = reporter(api, min_interval=3600)
     writer = asyncio.create_task(r.flush_loop())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the leading-edge write of the adopted task
     r.task_started("t")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.05)
     r.task_completed("t", "ok")
-    await asyncio.sleep(0.1)
-    assert api.states()[-2:] == ["Running", "Succeeded"]
-    await r.close(writer)
+    await asyncio.sleep(0.05)
+    assert api.states() == ["Pending"]
+    assert await r.close(writer)  # at exit the latest state goes out at once
+    assert api.states() == ["Pending", "Succeeded"]
+    assert api.writes[-1]["tasks"][0]["attempts"] == 1
 
 
 async def test_an_outage_loses_no_transition_and_never_blocks_the_agent() -> None:
@@ -116,17 +118,27 @@ async def test_a_403_while_the_role_binding_propagates_is_retried() -> None:
     assert api.states()[-1] == "Running"
 
 
-async def test_long_values_are_cut_to_their_schema_bounds() -> None:
+async def test_long_values_are_cut_to_their_schema_bounds_in_bytes_with_a_marker() -> None:
     api = API()
     r = reporter(api)
     r.task_started("t")
     r.task_completed("t", "s" * 10_000)
-    r.observe("o" * 10_000)
+    r.observe("é" * 10_000)  # 2 bytes each
     r.denial("d" * 10_000)
     snap = r.snapshot()
-    assert len(snap["tasks"][0]["summary"]) == 1024
-    assert len(snap["lastObservation"]["message"]) == 1024
-    assert len(snap["denials"]["last"]) == 1024
+    summary, observation = snap["tasks"][0]["summary"], snap["lastObservation"]["message"]
+    assert summary == "s" * 998 + "…[truncated 9002 bytes]"
+    assert observation == "é" * 499 + "…[truncated 19002 bytes]"
+    assert all(
+        len(text.encode()) <= 1024 for text in (summary, observation, snap["denials"]["last"])
+    )
+    assert snap["truncatedBytes"] == 9002 + 19002 + 9002
+
+
+async def test_nothing_cut_leaves_no_truncation_field() -> None:
+    r = reporter(API())
+    r.task_completed("t", "short")
+    assert r.snapshot()["truncatedBytes"] is None
 
 
 async def test_unset_fields_are_written_as_null_so_nothing_lingers() -> None:
@@ -156,3 +168,10 @@ async def test_a_new_attempt_adopts_the_earlier_report_and_reruns_only_unfinishe
         "three": (TaskState.PENDING, 0),
     }
     assert r.run.progress == "1/3"
+
+
+def test_a_key_shaped_follow_up_name_is_refused_not_rewritten() -> None:
+    r = reporter(API())
+    assert not r.follow_up("sk-ant-api03-abcdefghijklmnop", "x")
+    assert r.follow_up("later", "x")
+    assert [t.name for t in r.run.tasks or []] == ["t", "later"]

@@ -1,20 +1,30 @@
-"""The tools sidecar's small HTTP over a Unix socket: what the kernel and the probe rely on."""
+"""The tools sidecar's small HTTP over a Unix socket: what the kernel and the probe rely on.
+
+A failed call is always answered (a filesystem error as a 4xx with its reason), and a
+path is opened in the one spelling the kernel checked its grant on.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from toka.tools.ops import AS_IS, Workspace
+from toka.paths import PathError, canonical_path
+from toka.tools.ops import AS_IS, ToolError, Workspace, confine
 from toka.tools.server import MAX_BODY, ToolServer, probe
 
 
 @pytest.fixture
-def sock(tmp_path: Path) -> Iterator[str]:
+def server(tmp_path: Path) -> Iterator[ToolServer]:
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "a.txt").write_text("A")
     path = str(tmp_path / "tools.sock")
@@ -22,10 +32,15 @@ def sock(tmp_path: Path) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield path
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def sock(server: ToolServer) -> str:
+    return str(server.server_address)
 
 
 def exchange(path: str, raw: bytes) -> bytes:
@@ -90,3 +105,88 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(
 
 def test_the_probe_fails_when_nothing_listens(tmp_path: Path) -> None:
     assert probe(str(tmp_path / "absent.sock")) == 1
+
+
+def call(sock: str, tool: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    answer = exchange(sock, post(f"/{tool}", json.dumps(args).encode(), close=True))
+    assert answer, "the server dropped the connection instead of answering"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+LONG = "x" * 300
+FS_ERRORS = [
+    # (tool, path, status, what the reason says)
+    ("fs.write", "a.txt/b", 409, "a file, not a directory"),
+    ("fs.write", "a.txt/b/c", 409, "a file, not a directory"),
+    ("fs.write", "dir", 409, "is a directory"),
+    ("fs.write", f"dir/{LONG}", 400, "too long"),
+    ("fs.write", f"{LONG}/x", 400, "too long"),
+    ("fs.write", "fifo", 409, "not a regular file"),
+    ("fs.read", "a.txt/b", 409, "a file, not a directory"),
+    ("fs.read", "dir", 409, "is a directory"),
+    ("fs.read", LONG, 400, "too long"),
+    ("fs.read", "fifo", 409, "not a regular file"),
+    ("fs.read", "absent", 404, "no such file"),
+    ("fs.list", LONG, 400, "too long"),
+    ("fs.list", "a.txt", 404, "not a directory"),
+]
+
+
+@pytest.mark.parametrize(
+    ("tool", "path", "status", "reason"),
+    FS_ERRORS,
+    ids=[f"{t} {p.replace(LONG, 'LONG')}" for t, p, _, _ in FS_ERRORS],
+)
+def test_a_filesystem_error_is_a_4xx_with_its_reason_never_a_dropped_connection(
+    sock: str, tmp_path: Path, tool: str, path: str, status: int, reason: str
+) -> None:
+    ws = tmp_path / "ws"
+    (ws / "dir").mkdir()
+    os.mkfifo(ws / "fifo")
+    args = {"path": path, "content": "x"} if tool == "fs.write" else {"path": path}
+    got, answer = call(sock, tool, args)
+    assert got == status, answer
+    assert reason in answer["error"]
+    assert (ws / "a.txt").read_text() == "A"
+    assert probe(sock) == 0
+
+
+def test_an_unexpected_failure_in_an_op_is_a_500_naming_it_and_the_server_keeps_serving(
+    server: ToolServer, sock: str
+) -> None:
+    def boom(_: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("the disk caught fire")
+
+    server.handlers["boom"] = boom
+    status, answer = call(sock, "boom", {})
+    assert status == 500
+    assert "RuntimeError" in answer["error"]
+    assert probe(sock) == 0
+
+
+# Paths as an agent may spell them: leading `/`, `.`, empty and `..` segments, NUL, trailing `/`.
+raw_paths = st.builds(
+    lambda lead, segs, trail: lead + "/".join(segs) + trail,
+    st.sampled_from(["", "/", "./"]),
+    st.lists(st.sampled_from(["a", "b", ".a", ".", "", "..", "a\x00"]), max_size=5),
+    st.sampled_from(["", "/", "/."]),
+)
+
+
+def test_the_tools_sidecar_opens_exactly_the_path_the_kernel_checks(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    ws = tmp_path_factory.mktemp("ws")
+
+    @given(raw=raw_paths, directory=st.booleans())
+    def check(raw: str, directory: bool) -> None:
+        try:
+            checked = canonical_path(raw, directory=directory)
+        except PathError:
+            with pytest.raises(ToolError):
+                confine(ws, raw, directory=directory)
+            return
+        assert confine(ws, raw, directory=directory) == ws.resolve().joinpath(*checked.split("/"))
+
+    check()

@@ -474,12 +474,11 @@ async def test_invalid_answers_every_time_end_in_invalid_response(
 
 async def test_a_spent_budget_stops_calls_before_they_are_sent(anthropic: ProviderServer) -> None:
     gw = gateway(anthropic, Provider.ANTHROPIC, budget=TokenBudget(limit=20))
-    await gw.complete(ask())  # 17 tokens
-    await gw.complete(ask())  # 34 ≥ 20 now
+    await gw.complete(ask())  # 17 tokens: the 3 left cannot hold the next prompt
     with pytest.raises(BudgetExceeded) as err:
         await gw.complete(ask())
-    assert (err.value.limit, err.value.used) == (20, 34)
-    assert len(anthropic.requests) == 2
+    assert (err.value.limit, err.value.used) == (20, 17)
+    assert len(anthropic.requests) == 1
 
 
 async def test_sanitation_strips_control_characters_keeps_urls_and_flags_injection(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.capability_table import INVALID, VALID
@@ -19,6 +19,7 @@ from toka.api.capabilities import (
     is_valid,
     parse,
 )
+from toka.paths import PathError, canonical_path
 
 
 @pytest.mark.parametrize("text", VALID)
@@ -106,6 +107,15 @@ PERMITS = [
     ("agent:spawn", "agent", "spawn", "", True),
     ("filesystem-read", "fs", "read", "deep/x", True),
     ("filesystem-read", "fs", "write", "deep/x", False),
+    # Only a canonical path is matched: another spelling would open a file the grant refuses.
+    ("fs:write:*/*", "fs", "write", "./Makefile", False),
+    ("fs:read:public/*/readme", "fs", "read", "public//readme", False),
+    ("fs:read:**", "fs", "read", "src/./a.py", False),
+    ("fs:read:*", "fs", "read", ".", False),
+    ("fs:read:**", "fs", "read", "src/./", False),
+    ("fs:read:**", "fs", "read", "src//", False),
+    ("fs:read:**", "fs", "read", "/etc/passwd", False),
+    ("fs:read:**", "fs", "read", "/", False),  # the workspace is listed as "", not "/"
 ]
 
 
@@ -162,21 +172,90 @@ def test_a_grant_covers_a_child_capability_through_any_of_its_own() -> None:
     assert not parent.covers(Capability("fs", "write", "src/a"))
 
 
+CANONICAL = [
+    # (raw path, names a directory, its canonical form, or None: refused)
+    ("src/a.py", False, "src/a.py"),
+    ("./Makefile", False, "Makefile"),
+    ("public//readme", False, "public/readme"),
+    ("a/./b/.//c", False, "a/b/c"),
+    (".hidden", False, ".hidden"),
+    ("..notes", False, "..notes"),
+    ("secrets/", False, None),  # a trailing `/` names a directory, never a file
+    ("Makefile/", False, None),
+    ("src/.", False, None),
+    (".", False, None),
+    ("", False, None),
+    ("/etc/passwd", False, None),
+    ("../x", False, None),
+    ("a/../b", False, None),
+    ("a\x00b", False, None),
+    ("secrets/", True, "secrets"),
+    ("src//deep/.", True, "src/deep"),
+    ("src/.", True, "src"),
+    ("./", True, ""),
+    (".", True, ""),
+    ("", True, ""),
+    ("/", True, None),
+    ("..", True, None),
+    ("src/../..", True, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "directory", "canonical"), CANONICAL)
+def test_a_path_has_one_canonical_form_or_is_refused_with_a_reason(
+    raw: str, directory: bool, canonical: str | None
+) -> None:
+    if canonical is None:
+        with pytest.raises(PathError) as err:
+            canonical_path(raw, directory=directory)
+        assert str(err.value)
+    else:
+        assert canonical_path(raw, directory=directory) == canonical
+
+
 segment = st.sampled_from(["a", "b", "ab", "*", "?", "a*", "*b", "**"])
-path_seg = st.sampled_from(["a", "b", "ab", "ba", "aab", "x"])
+# Path segments as an agent may spell them: `.`, empty and `..` segments included.
+path_seg = st.sampled_from(["a", "b", "ab", "ba", "aab", "x", ".a", ".", "", ".."])
+raw_paths = st.builds(
+    lambda segs, trailing: "/".join(segs) + ("/" if trailing else ""),
+    st.lists(path_seg, min_size=1, max_size=5),
+    st.booleans(),
+)
 
 
 @given(
     parent=st.lists(segment, min_size=1, max_size=4),
     child=st.lists(segment, min_size=1, max_size=4),
-    path=st.lists(path_seg, min_size=1, max_size=5),
+    target=raw_paths,
 )
 def test_a_covered_glob_never_matches_a_path_its_parent_does_not(
-    parent: list[str], child: list[str], path: list[str]
+    parent: list[str], child: list[str], target: str
 ) -> None:
     p, c = "/".join(parent), "/".join(child)
     if glob_covers(p, c):
-        target = "/".join(path)
         child_cap, parent_cap = Capability("fs", "read", c), Capability("fs", "read", p)
         if child_cap.permits("fs", "read", target):
             assert parent_cap.permits("fs", "read", target)
+
+
+@settings(max_examples=1000)
+@given(glob=st.lists(segment, min_size=1, max_size=4), target=raw_paths)
+def test_a_grant_matches_a_path_only_in_its_canonical_spelling(
+    glob: list[str], target: str
+) -> None:
+    if Capability("fs", "read", "/".join(glob)).permits("fs", "read", target):
+        listing = target == "" or target.endswith("/")  # how permits marks a listing
+        canonical = canonical_path(target, directory=listing)
+        assert target == (canonical + "/" if target.endswith("/") else canonical)
+
+
+@given(target=raw_paths, directory=st.booleans())
+def test_the_canonical_form_is_its_own_canonical_form_and_has_no_dot_or_empty_segment(
+    target: str, directory: bool
+) -> None:
+    try:
+        canonical = canonical_path(target, directory=directory)
+    except PathError:
+        return
+    assert canonical_path(canonical, directory=directory) == canonical
+    assert not {"", ".", ".."} & set(canonical.split("/")) or canonical == ""

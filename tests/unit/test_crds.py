@@ -108,6 +108,8 @@ def test_the_agent_status_has_both_owners_fields_and_the_kernels_are_under_run()
         "denials",
         "spawnRequests",
         "workspace",
+        "sandbox",
+        "truncatedBytes",
     } == set(status["status.run"]["properties"])
 
 

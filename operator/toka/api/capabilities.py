@@ -17,6 +17,10 @@ Globs: `/`-separated segments; `*` and `?` match within a segment, a `**`
 segment matches any number of segments. `.` and `..` segments and absolute
 paths cannot be written, so a grant cannot escape the workspace textually; the
 tools sidecar still resolves symlinks before touching a file.
+
+A path is matched only in its canonical spelling (`canonical_path`), the one
+the tools sidecar opens: were `./Makefile` matched as written, `*/*` would let
+an agent overwrite `Makefile`, which that grant does not name.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+from toka.paths import PathError, canonical_path, glob_regex
 
 # Aliases from the original system's capability names. One table, tested.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -77,6 +83,13 @@ class CapabilityError(ValueError):
     """A capability string that does not follow the grammar."""
 
 
+def _is_canonical(path: str, *, directory: bool) -> bool:
+    try:
+        return canonical_path(path, directory=directory) == path
+    except PathError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Capability:
     """One parsed, canonical capability."""
@@ -98,10 +111,16 @@ class Capability:
         if domain != self.domain or action != self.action:
             return False
         if self.domain == "fs":
-            if target == "" or target.endswith("/"):
+            listing = target == "" or target.endswith("/")
+            name = target[:-1] if target.endswith("/") else target
+            if target == "/" or not _is_canonical(name, directory=listing):
+                # Another spelling of a path would be opened as its canonical form, which
+                # this glob was never matched against: `*/*` must not reach `./Makefile`.
+                return False
+            if listing:
                 # A directory listing shows every name in it: the grant must cover them all.
                 return glob_covers(self.scope, target + "*")
-            return _glob_regex(self.scope).fullmatch(target) is not None
+            return glob_regex(self.scope).fullmatch(target) is not None
         if self.domain == "shell":
             return target == self.scope
         if self.domain == "net":
@@ -179,23 +198,6 @@ class Grant:
 
     def strings(self) -> list[str]:
         return [str(c) for c in self.capabilities]
-
-
-@lru_cache(maxsize=1024)
-def _glob_regex(glob: str) -> re.Pattern[str]:
-    parts: list[str] = []
-    segments = glob.split("/")
-    for i, seg in enumerate(segments):
-        last = i == len(segments) - 1
-        if seg == "**":
-            # Zero or more whole segments; as the last segment, also matches the rest.
-            parts.append(r"(?:[^/]+(?:/[^/]+)*)?" if last else r"(?:[^/]+/)*")
-            continue
-        body = "".join(
-            "[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch) for ch in seg
-        )
-        parts.append(body if last else body + "/")
-    return re.compile("".join(parts))
 
 
 def glob_covers(parent: str, child: str) -> bool:

@@ -107,6 +107,11 @@ class MemberPhase(StrEnum):
     SUSPENDED = "Suspended"
 
 
+class SandboxMode(StrEnum):
+    ENFORCED = "Enforced"
+    BEST_EFFORT = "BestEffort"
+
+
 class TaskState(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
@@ -446,6 +451,13 @@ class AgentTemplate(KubeModel):
         description="Image of the tools sidecar, derived from Toka's with more programs "
         "(e.g. cargo).",
     )
+    sandbox: SandboxMode = Field(
+        default=SandboxMode.ENFORCED,
+        description="How programs run by shell:exec are confined. Enforced: under a Landlock "
+        "ruleset built from the fs: grants (no TCP, no file outside them); where the node's "
+        "kernel has no Landlock, shell:exec is refused. BestEffort: Landlock where available, "
+        "otherwise the programs run unconfined (the kernel's checks on argv[0] only).",
+    )
     backoff_limit: int = Field(
         default=2,
         ge=0,
@@ -782,6 +794,28 @@ class WorkspaceStatus(KubeModel):
     )
 
 
+class SandboxLevel(StrEnum):
+    LANDLOCK = "Landlock"
+    UNCONFINED = "Unconfined"
+    REFUSED = "Refused"
+
+
+class SandboxStatus(KubeModel):
+    level: SandboxLevel = Field(
+        description="Landlock: programs run confined; Unconfined: no Landlock on this node "
+        "and spec.sandbox is BestEffort; Refused: no Landlock, so shell:exec is refused."
+    )
+    landlock_abi: int = Field(
+        default=0, ge=0, description="The node kernel's Landlock ABI (0: none)."
+    )
+    guarantees: list[Annotated[str, StringConstraints(max_length=32)]] | None = Field(
+        default=None,
+        max_length=16,
+        description="What the ruleset enforces at this ABI: filesystem, truncate, tcp, "
+        "deviceIoctl, signals, abstractUnixSockets.",
+    )
+
+
 class RunStatus(KubeModel):
     """Written only by the agent's kernel, whole, by merge patch."""
 
@@ -814,6 +848,16 @@ class RunStatus(KubeModel):
     )
     workspace: WorkspaceStatus | None = Field(
         default=None, description="The git work tree: start, result commit, failure reason."
+    )
+    sandbox: SandboxStatus | None = Field(
+        default=None, description="How programs run by shell:exec are confined here."
+    )
+    truncated_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Bytes cut from the texts above to keep each within its cap and "
+        "status.run within 256 KiB (UTF-8); each cut text ends in "
+        '"…[truncated N bytes]". Unset when nothing was cut.',
     )
 
 

@@ -104,7 +104,8 @@ async def serve(config: KubeConfig | None = None) -> None:
         redactor.add(kube.config.bearer() or "")
     agent = await read_agent(kube, ns, name)
     heartbeat = float(os.environ.get("TOKA_HEARTBEAT_SECONDS", "10"))
-    reporter = Reporter(kube, ns, name, heartbeat_seconds=heartbeat)
+    # Status text is redacted as audit lines are; the gateway's and git's secrets join below.
+    reporter = Reporter(kube, ns, name, heartbeat_seconds=heartbeat, redact=redactor)
     extra = [
         t.name
         for t in (

@@ -18,7 +18,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Annotated, Any, Literal, get_args
 
 import httpx
@@ -28,9 +29,9 @@ from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from toka.api.base import MAX_CAPABILITIES, MAX_DESCRIPTION, MAX_NAME
 from toka.api.capabilities import CapabilityError, parse
-from toka.api.models import AgentSpec, SpawnRequest, TaskSpec
+from toka.api.models import AgentSpec, SandboxMode, SpawnRequest, TaskSpec
 from toka.kernel.netfetch import FetchRefused, Resolve, fetch, system_resolve
-from toka.kernel.policy import Policy
+from toka.kernel.policy import Decision, Policy
 from toka.kernel.reporter import Reporter
 from toka.kernel.results import Results
 from toka.kernel.tooldefs import FINISH_TASK, SPAWN_AGENT, TOOLS, ToolDef
@@ -49,13 +50,16 @@ from toka.llm import (
     ToolSpec,
 )
 from toka.llm.errors import ConfigError, InvalidResponse
-from toka.llm.types import CallStats, TextDelta
+from toka.llm.types import CallStats, TextDelta, Usage
+from toka.paths import PathError, canonical_path
 
 log = logging.getLogger("toka.kernel")
 JSON = dict[str, Any]
 MAX_BODY = 2 * 1024 * 1024
 MAX_OBSERVATION = 1024 * 1024
 OPENAI_RATE_WAIT = 20.0
+MAX_TURN_COUNTERS = 256  # tasks whose OpenAI-style turns are counted; the oldest go first
+MAX_TURN = 100_000
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Big = Annotated[str, StringConstraints(max_length=MAX_OBSERVATION)]
 
@@ -162,7 +166,7 @@ class LLMCall(_Strict):
     messages: list[WireMessage] = Field(min_length=1, max_length=512)
     tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
     task: Annotated[str, StringConstraints(max_length=MAX_NAME)] = ""
-    turn: int = Field(default=0, ge=0, le=100_000)
+    turn: int = Field(default=0, ge=0, le=MAX_TURN)
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
 
@@ -209,6 +213,7 @@ class Kernel:
         if results is not None:
             results.attach(self._tools)
         self._follow_ups: dict[str, str] = {}
+        self._sandbox: JSON | None = None
         self._openai_turns: dict[str, int] = {}
         self.registry = registry or CollectorRegistry()
         self.decisions = Counter(
@@ -435,6 +440,17 @@ class Kernel:
         gate = await self._workspace_gate()
         if gate is not None:
             return gate
+        as_sent = None
+        if tool.domain == "fs":
+            raw = str(args.get("path") or "")
+            path, bad = _canonical(raw, directory=name == "fs.list")
+            if bad is not None:
+                decision = self.policy.deny(name, bad, target=raw)
+                self.decisions.labels(name, "deny").inc()
+                return _error(403, "denied", decision.reason)
+            # The grant is checked on exactly the path the tools sidecar opens.
+            args = {**args, "path": path}
+            as_sent = raw if raw != path else None
         target = tool.target(args)
         if tool.domain == "shell" and ("/" in target or target in ("", ".", "..")):
             decision = self.policy.deny(
@@ -442,13 +458,7 @@ class Kernel:
             )
             self.decisions.labels(name, "deny").inc()
             return _error(403, "denied", decision.reason)
-        if tool.domain == "fs":
-            bad = _bad_path(target)
-            if bad:
-                decision = self.policy.deny(name, bad, target=target)
-                self.decisions.labels(name, "deny").inc()
-                return _error(403, "denied", decision.reason)
-        decision = self.policy.check(name, tool.domain, tool.action, target)
+        decision = self.policy.check(name, tool.domain, tool.action, target, raw=as_sent)
         self.decisions.labels(name, "allow" if decision.allowed else "deny").inc()
         if not decision.allowed:
             return _error(403, "denied", decision.reason)
@@ -458,10 +468,29 @@ class Kernel:
                 return refused
         if name == "http.fetch":
             return await self._fetch(args)
+        if tool.domain == "shell":
+            refused = await self._confine(name, args)
+            if refused is not None:
+                return refused
         answer = await self._call_tools(name, args)
         if isinstance(answer, web.Response):
             return answer
+        if name == "fs.list":
+            answer = self._covered(answer)
         return web.json_response(answer)
+
+    def _covered(self, listing: JSON) -> JSON:
+        """Tools list every name below the directory; the agent sees those its grant
+        covers, so `fs:read:src/*` lists `src/a.py`, never `src/deep/x.py`."""
+        grant = self.policy.grant
+        entries = [
+            e
+            for e in listing.get("entries") or []
+            if isinstance(e, str)
+            and _canonical(e)[1] is None
+            and grant.permits("fs", "read", e) is not None
+        ]
+        return {**listing, "entries": entries}
 
     async def _call_tools(self, name: str, args: JSON) -> JSON | web.Response:
         """The tools sidecar's answer, or its refusal as the kernel's own 4xx: a 403 there
@@ -495,13 +524,50 @@ class Kernel:
             return resolved
         real = str(resolved.get("path", ""))
         real_target = tool.target({**args, "path": real})
-        if _normal(real_target) == _normal(target):
+        if real_target == target:
             return None
         decision = self.policy.check(name, tool.domain, tool.action, real_target, via=target)
         self.decisions.labels(name, "allow" if decision.allowed else "deny").inc()
         if decision.allowed:
             return None
         return _error(403, "denied", f"{target!r} leads to {real!r}: {decision.reason}")
+
+    async def _confine(self, name: str, args: JSON) -> web.Response | None:
+        """Tell tools what the program may touch (the `fs:` grants), or refuse to run it
+        unconfined: without Landlock only `spec.sandbox: BestEffort` runs programs."""
+        sandbox = await self._sandbox_level()
+        if sandbox.get("landlock", 0) < 1 and self.spec.sandbox != SandboxMode.BEST_EFFORT:
+            decision = self.policy.deny(
+                name,
+                "programs run only under Landlock, which this node's kernel does not offer; "
+                "set spec.sandbox: BestEffort to run them unconfined",
+                target=args["argv"][0],
+            )
+            self.decisions.labels(name, "deny").inc()
+            return _error(403, "denied", decision.reason)
+        grant = self.policy.grant.capabilities
+        args["confine"] = {
+            "read": [c.scope for c in grant if c.key == "fs:read"],
+            "write": [c.scope for c in grant if c.key == "fs:write"],
+            "mode": self.spec.sandbox.value,
+        }
+        return None
+
+    async def _sandbox_level(self) -> JSON:
+        """What tools can confine programs with, asked once, audited and reported."""
+        if self._sandbox is None:
+            answer = await self._call_tools("sandbox.status", {})
+            if isinstance(answer, web.Response):
+                return {"landlock": 0}
+            self._sandbox = answer
+            level = sandbox_level(answer, self.spec.sandbox)
+            self.policy.audit(
+                "sandbox",
+                Decision(True, None, f"shell.exec sandbox: {level['level']}"),
+                landlock=answer.get("landlock"),
+            )
+            self.reporter.sandbox(level)
+        return self._sandbox
 
     async def _fetch(self, args: JSON) -> web.Response:
         def allow(host: str) -> bool:
@@ -558,8 +624,9 @@ class Kernel:
             return _error(504 if err.reason == "timeout" else 503, "provider_unavailable", str(err))
         return _error(502, "llm_error", str(err))
 
-    def _account(self, stats: CallStats) -> None:
-        self.reporter.usage(stats.usage.input_tokens, stats.usage.output_tokens)
+    def _account(self, usage: Usage) -> None:
+        """The gateway's charge for one call (every attempt, failed or abandoned too)."""
+        self.reporter.usage(usage.input_tokens, usage.output_tokens)
 
     async def llm_complete(self, request: web.Request) -> web.Response:
         body = await self._json(request)
@@ -581,10 +648,9 @@ class Kernel:
             turn=call.turn,
         )
         try:
-            completion, stats = await self.gateway.complete(req)
+            completion, stats = await self.gateway.complete(req, on_charge=self._account)
         except LLMError as err:
             return self._llm_failure(err)
-        self._account(stats)
         return web.json_response(
             {"completion": completion.model_dump(), "stats": stats.model_dump()}
         )
@@ -613,14 +679,27 @@ class Kernel:
                 status=gate.status,
             )
         assert self.gateway is not None
+        if not req.turn:
+            req.turn = self._next_turn(req.task)
         if not stream:
             try:
-                completion, stats = await self.gateway.complete(req, max_rate_wait=OPENAI_RATE_WAIT)
+                completion, _ = await self.gateway.complete(
+                    req, max_rate_wait=OPENAI_RATE_WAIT, on_charge=self._account
+                )
             except LLMError as err:
                 return self._openai_error(err)
-            self._account(stats)
             return web.json_response(_to_openai(completion, req))
         return await self._openai_stream(request, req)
+
+    def _next_turn(self, task: str) -> int:
+        """Turns of calls that name none, counted per task once the call is allowed; only
+        the most recently used tasks are kept, so task names cannot grow the kernel."""
+        turns = self._openai_turns
+        turn = turns.pop(task, 0) + 1
+        turns[task] = turn
+        while len(turns) > MAX_TURN_COUNTERS:
+            del turns[next(iter(turns))]
+        return turn
 
     def _openai_error(self, err: LLMError) -> web.Response:
         resp = self._llm_failure(err)
@@ -640,71 +719,23 @@ class Kernel:
     async def _openai_stream(
         self, request: web.Request, req: CompletionRequest
     ) -> web.StreamResponse:
-        stream = self.gateway.stream(req, max_rate_wait=OPENAI_RATE_WAIT)  # type: ignore[union-attr]
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        try:
-            first = await anext(stream)
-        except LLMError as err:
-            return self._openai_error(err)
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await resp.prepare(request)
-
-        async def send(delta: JSON, finish: str | None = None, usage: JSON | None = None) -> None:
-            chunk: JSON = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": req.model or "toka",
-                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            if usage:
-                chunk["usage"] = usage
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-
-        await send({"role": "assistant", "content": ""})
-        item: TextDelta | Completion | CallStats = first
-        try:
-            while True:
-                if isinstance(item, TextDelta):
-                    await send({"content": item.text})
-                elif isinstance(item, Completion):
-                    for i, call in enumerate(item.tool_calls):
-                        await send(
-                            {
-                                "tool_calls": [
-                                    {
-                                        "index": i,
-                                        "id": call.id,
-                                        "type": "function",
-                                        "function": {
-                                            "name": call.name,
-                                            "arguments": json.dumps(call.arguments),
-                                        },
-                                    }
-                                ]
-                            }
-                        )
-                    await send({}, finish="tool_calls" if item.tool_calls else "stop")
-                    await send(
-                        {},
-                        usage={
-                            "prompt_tokens": item.usage.input_tokens,
-                            "completion_tokens": item.usage.output_tokens,
-                            "total_tokens": item.usage.total,
-                        },
-                    )
-                else:
-                    self._account(item)
-                    break
-                item = await anext(stream)
-        except LLMError as err:
-            await resp.write(f"data: {json.dumps({'error': {'message': str(err)}})}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        assert self.gateway is not None
+        stream = self.gateway.stream(req, max_rate_wait=OPENAI_RATE_WAIT, on_charge=self._account)
+        # Closed on every way out, the agent hanging up included: closing settles the call.
+        async with aclosing(stream):
+            try:
+                first = await anext(stream)
+            except LLMError as err:
+                return self._openai_error(err)
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            try:
+                await resp.prepare(request)
+                await _openai_chunks(resp, req, first, stream)
+            except ConnectionResetError:
+                log.info("the agent hung up on a streamed LLM call; it is charged all the same")
+            return resp
 
     def _from_openai(self, body: Any, request: web.Request) -> tuple[CompletionRequest, bool]:
         if not isinstance(body, dict):
@@ -751,23 +782,102 @@ class Kernel:
             if isinstance(t, dict) and t.get("type") == "function"
         ]
         task = request.headers.get("X-Toka-Task") or self.reporter.run.current_task or "chat"
-        if request.headers.get("X-Toka-Turn", "").isdigit():
-            turn = int(request.headers["X-Toka-Turn"])
-        else:
-            turn = self._openai_turns[task] = self._openai_turns.get(task, 0) + 1
+        if len(task) > MAX_NAME:
+            raise ValueError(f"X-Toka-Task: a task name has at most {MAX_NAME} characters")
+        # Without X-Toka-Turn the turn is counted per task, but only once the call is allowed.
+        raw_turn = request.headers.get("X-Toka-Turn", "")
+        turn = 0
+        if raw_turn.isdigit():
+            if len(raw_turn) > len(str(MAX_TURN)) or int(raw_turn) > MAX_TURN:
+                raise ValueError(f"X-Toka-Turn: at most {MAX_TURN}")
+            turn = int(raw_turn)
         temperature = body.get("temperature")
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         req = CompletionRequest(
             messages=out,
             tools=tools,
             model=None,
             temperature=float(temperature) if temperature is not None else None,
-            max_tokens=int(max_tokens) if max_tokens else None,
+            max_tokens=_openai_max_tokens(body),
             agent=self.spec.name or self.agent,
             task=task,
             turn=turn,
         )
         return req, bool(body.get("stream"))
+
+
+def _openai_max_tokens(body: JSON) -> int | None:
+    """The smaller of `max_completion_tokens` and (deprecated) `max_tokens`; the gateway
+    clamps it to the configured cap."""
+    asked: list[int] = []
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}: a positive whole number is required")
+        asked.append(value)
+    return min(asked, default=None)
+
+
+async def _openai_chunks(
+    resp: web.StreamResponse,
+    req: CompletionRequest,
+    first: TextDelta | Completion | CallStats,
+    stream: AsyncIterator[TextDelta | Completion | CallStats],
+) -> None:
+    """The gateway's stream as OpenAI's SSE chunks, ending with usage and `[DONE]`."""
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+
+    async def send(delta: JSON, finish: str | None = None, usage: JSON | None = None) -> None:
+        chunk: JSON = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": req.model or "toka",
+            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if usage:
+            chunk["usage"] = usage
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+    await send({"role": "assistant", "content": ""})
+    item = first
+    try:
+        while not isinstance(item, CallStats):
+            if isinstance(item, TextDelta):
+                await send({"content": item.text})
+            else:
+                for i, call in enumerate(item.tool_calls):
+                    await send(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": i,
+                                    "id": call.id,
+                                    "type": "function",
+                                    "function": {
+                                        "name": call.name,
+                                        "arguments": json.dumps(call.arguments),
+                                    },
+                                }
+                            ]
+                        }
+                    )
+                await send({}, finish="tool_calls" if item.tool_calls else "stop")
+                await send(
+                    {},
+                    usage={
+                        "prompt_tokens": item.usage.input_tokens,
+                        "completion_tokens": item.usage.output_tokens,
+                        "total_tokens": item.usage.total,
+                    },
+                )
+            item = await anext(stream)
+    except LLMError as err:
+        await resp.write(f"data: {json.dumps({'error': {'message': str(err)}})}\n\n".encode())
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
 
 
 def _to_openai(completion: Completion, req: CompletionRequest) -> JSON:
@@ -802,17 +912,27 @@ def _to_openai(completion: Completion, req: CompletionRequest) -> JSON:
     }
 
 
-def _normal(path: str) -> str:
-    return "/".join(p for p in path.split("/") if p not in ("", "."))
+def sandbox_level(answer: JSON, mode: SandboxMode) -> JSON:
+    """The Agent's `status.run.sandbox` from what tools reported."""
+    abi = int(answer.get("landlock") or 0)
+    if abi >= 1:
+        level = "Landlock"
+    else:
+        level = "Unconfined" if mode == SandboxMode.BEST_EFFORT else "Refused"
+    return {
+        "level": level,
+        "landlockAbi": abi,
+        "guarantees": list(answer.get("guarantees") or []),
+    }
 
 
-def _bad_path(path: str) -> str | None:
-    if path.startswith("/"):
-        return f"absolute paths are not allowed: {path!r}"
-    if "\x00" in path:
-        return "paths may not contain NUL bytes"
-    if ".." in path.split("/"):
-        return f"'..' is not allowed in paths: {path!r}"
-    if ".git" in path.split("/"):
-        return f"{path!r} is in the workspace's git metadata, which only Toka may touch"
-    return None
+def _canonical(path: str, *, directory: bool = False) -> tuple[str, str | None]:
+    """The one spelling of `path` that the grant is checked on and tools open, or the
+    reason it has none (and so is refused)."""
+    try:
+        canonical = canonical_path(path, directory=directory)
+    except PathError as err:
+        return path, str(err)
+    if ".git" in canonical.split("/"):
+        return canonical, f"{path!r} is in the workspace's git metadata, which only Toka may touch"
+    return canonical, None

@@ -85,7 +85,8 @@ TOOLS: dict[str, ToolDef] = {
             lambda a: _dir(str(a.get("path") or "")),
             ToolSpec(
                 name="fs_list",
-                description="List files under a workspace directory (recursively).",
+                description="List files under a workspace directory (recursively): "
+                "those your capabilities let you read.",
                 parameters={
                     "type": "object",
                     "properties": {"path": {**_PATH, "minLength": 0}},
@@ -192,9 +193,10 @@ SPAWN_AGENT = ToolSpec(
 
 
 def _dir(path: str) -> str:
-    """Listing a directory reads the names under it: `src` is checked as `src/`."""
-    path = path.strip()
-    return "" if path in ("", ".", "./") else path.rstrip("/") + "/"
+    """Listing a directory reads the names under it: `src` is checked as `src/`, the
+    workspace as "". The kernel passes the canonical path, the one tools list; any other
+    spelling stays as it is, which no grant matches."""
+    return path + "/" if path else ""
 
 
 def _host(url: str) -> str:

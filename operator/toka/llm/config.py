@@ -38,11 +38,15 @@ class LLMConfig(BaseModel):
     replay_path: Path | None = None
     rate_limit_per_minute: int = 60
     timeout_seconds: float = 30.0
-    max_tokens: int = 4096
+    max_tokens: int = 4096  # per call: an agent may ask for fewer, never more
     temperature: float = 0.3
     debug: bool = False
     max_attempts: int = 5
     max_retry_after_seconds: float = 60.0
+
+    def output_cap(self, requested: int | None) -> int:
+        """The agent's `max_tokens` if smaller, never more than the configured cap."""
+        return min(requested or self.max_tokens, self.max_tokens)
 
     @property
     def endpoint(self) -> str:

@@ -5,16 +5,36 @@ reserves the next slot before it sleeps, so concurrent callers are served in
 order and the bucket can never grant more than `burst + rate·t/60` calls in
 any interval of t seconds. `set_rate` takes effect for the next reservation:
 the operator rebalances each agent's share while it runs.
+
+The budget works the same way round: a call reserves its worst case (its
+estimated input plus the output it is allowed) before it is sent, and
+settles with what the provider reported once it ends, however it ends.
+What concurrent calls have reserved is not available to the next one, so
+two calls cannot both pass a check that only one of them fits. When less
+than the call's allowance is left, its output is clamped to what is left
+rather than refused, so the last of a budget can still be used; only a
+call whose estimated input alone does not fit is refused.
+
+Estimates are four characters a token (plus a few tokens a message): the
+input before a call, and the output of an answer the provider sent without
+its usage. They can be off for unusual text; the provider's own count,
+when it gives one, is always what is charged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from toka.llm.errors import BudgetExceeded, RateLimited
-from toka.llm.types import Usage
+from toka.llm.types import Completion, CompletionRequest, Usage
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
 
 
 class Clock(Protocol):
@@ -68,16 +88,61 @@ class TokenBucket:
         return wait
 
 
+def estimate_tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def estimate_input_tokens(request: CompletionRequest) -> int:
+    """The prompt as the provider will count it, roughly: messages, tool calls, tool schemas."""
+    chars = sum(
+        len(m.content) + sum(len(c.name) + len(json.dumps(c.arguments)) for c in m.tool_calls)
+        for m in request.messages
+    )
+    chars += sum(
+        len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in request.tools
+    )
+    return estimate_tokens(chars) + TOKENS_PER_MESSAGE * len(request.messages)
+
+
+def estimate_output_tokens(completion: Completion) -> int:
+    chars = len(completion.content) + sum(
+        len(c.name) + len(json.dumps(c.arguments)) for c in completion.tool_calls
+    )
+    return estimate_tokens(chars)
+
+
+@dataclass
+class Reservation:
+    """Tokens set aside for one attempt: its estimated input and the output it may write."""
+
+    input_tokens: int
+    output_tokens: int
+    settled: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+
+
 class TokenBudget:
-    """Tokens this caller may use in total; `limit=None` is unlimited."""
+    """Tokens this caller may use in total; `limit=None` is unlimited.
+
+    `used` is what settled calls cost; `reserved` is held by calls in flight.
+    """
 
     def __init__(self, limit: int | None = None, used: int = 0):
         self.limit = limit
         self.used = used
+        self.reserved = 0
 
     @property
     def remaining(self) -> int | None:
-        return None if self.limit is None else max(0, self.limit - self.used)
+        """What a new call may still reserve."""
+        return None if self.limit is None else max(0, self.limit - self.used - self.reserved)
 
     def set_limit(self, limit: int | None) -> None:
         self.limit = limit
@@ -85,6 +150,30 @@ class TokenBudget:
     def ensure_available(self) -> None:
         if self.limit is not None and self.used >= self.limit:
             raise BudgetExceeded(self.limit, self.used)
+
+    def reserve(self, input_tokens: int, max_output: int) -> Reservation:
+        """Set aside the input and up to `max_output` tokens of output (fewer if less is
+        left); BudgetExceeded if not even one output token fits after the input."""
+        left = self.remaining
+        output = max_output if left is None else min(max_output, left - input_tokens)
+        if output < 1:
+            assert self.limit is not None
+            raise BudgetExceeded(self.limit, self.used, self.reserved, input_tokens + 1)
+        held = Reservation(input_tokens, output)
+        self.reserved += held.total
+        return held
+
+    def release(self, held: Reservation) -> None:
+        """Give back a reservation whose call was never sent."""
+        self.settle(held, Usage())
+
+    def settle(self, held: Reservation, usage: Usage) -> None:
+        """Replace the reservation by what the call cost; once, however often it is called."""
+        if held.settled:
+            return
+        held.settled = True
+        self.reserved -= held.total
+        self.used += usage.total
 
     def record(self, usage: Usage) -> None:
         self.used += usage.total

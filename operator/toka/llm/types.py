@@ -69,10 +69,12 @@ class Completion(BaseModel):
     model: str = ""
     provider: str = ""
     refusal: str | None = None
+    # False when the provider sent no usage: the gateway then charges an estimate.
+    usage_reported: bool = Field(default=True, exclude=True)
 
 
 class CallStats(BaseModel):
-    """What one gateway call cost: tokens, time and retries."""
+    """What one gateway call cost: tokens (of every attempt), time and retries."""
 
     provider: str
     model: str

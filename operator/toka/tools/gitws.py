@@ -11,7 +11,11 @@ commit; the agent's result is the last one.
 
 Git runs with a configuration the workspace cannot change: no system or
 global config, HOME outside the workspace, hooks, fsmonitor and external
-diff off, and only the transports Toka uses. Standard library only: this
+diff off, and only the transports Toka uses. In the tools sidecar the
+repository itself lives outside the work tree (`use_git_dir`): a program the
+agent runs may write anywhere its grant allows in /workspace, and a `.git`
+there is not the one Toka commits with, so no filter, hook or config written
+by the agent ever runs in Toka's own git. Standard library only: this
 runs in the tools sidecar, in the operator and in `toka export`.
 """
 
@@ -35,7 +39,7 @@ BRANCH = "toka/work"
 # A ConfigMap holds at most 1 MiB, and its bundle travels base64-encoded in JSON too:
 # a larger result travels through the session's remote, or fails with ResultTooLarge.
 MAX_BUNDLE = 768 * 1024
-STATE_FILE = "toka-workspace.json"  # in .git: survives a tools restart within the pod
+STATE_FILE = "toka-workspace.json"  # in the git dir: survives a tools restart within the pod
 # Git settings that a repository's own config cannot override (command line wins).
 LOCKED_CONFIG = (
     ("core.hooksPath", "/dev/null"),
@@ -131,6 +135,26 @@ def git_env(home: str | None = None, headers: Iterable[str] = ()) -> dict[str, s
     return env
 
 
+# Work trees whose repository lives elsewhere: {work tree: git dir}.
+_GIT_DIRS: dict[str, str] = {}
+
+
+def use_git_dir(workspace: Path, git_dir: Path) -> None:
+    """Keep `workspace`'s repository in `git_dir`, outside the work tree, from now on."""
+    _GIT_DIRS[str(workspace)] = str(git_dir)
+
+
+def git_dir(workspace: Path | str) -> Path:
+    return Path(_GIT_DIRS.get(str(workspace)) or Path(workspace, ".git"))
+
+
+def _repo_args(repo: Path | str) -> list[str]:
+    separate = _GIT_DIRS.get(str(repo))
+    return ["-C", str(repo)] + (
+        [f"--git-dir={separate}", f"--work-tree={repo}"] if separate else []
+    )
+
+
 def run_git(
     repo: Path | str,
     *args: str,
@@ -140,7 +164,7 @@ def run_git(
     stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run(
-        ["git", "-C", str(repo), *args],
+        ["git", *_repo_args(repo), *args],
         input=stdin,
         capture_output=True,
         timeout=timeout,
@@ -213,10 +237,10 @@ def init_base(workspace: Path, files: Iterable[tuple[str, bytes]] = ()) -> str:
 
 def head(workspace: Path) -> str:
     """HEAD's commit, read from the repository's files (one git process less per step)."""
-    git_dir = Path(workspace, ".git")
-    ref = (git_dir / "HEAD").read_text().strip()
+    where = git_dir(workspace)
+    ref = (where / "HEAD").read_text().strip()
     if ref.startswith("ref: "):
-        path = git_dir / ref.removeprefix("ref: ")
+        path = where / ref.removeprefix("ref: ")
         if path.is_file():
             return path.read_text().strip()
         return _out(workspace, "rev-parse", "HEAD")
@@ -239,8 +263,17 @@ def clone_base(
     """
     env = git_env(headers=headers)
     workspace.mkdir(parents=True, exist_ok=True)
+    separate = _GIT_DIRS.get(str(workspace))
     proc = subprocess.run(
-        ["git", "clone", "-q", "--no-checkout", fetch_url, str(workspace)],
+        [
+            "git",
+            "clone",
+            "-q",
+            "--no-checkout",
+            *([f"--separate-git-dir={separate}"] if separate else []),
+            fetch_url,
+            str(workspace),
+        ],
         capture_output=True,
         timeout=600,
         check=False,
@@ -259,6 +292,8 @@ def clone_base(
                 else ""
             ),
         )
+    if separate:
+        Path(workspace, ".git").unlink()  # the pointer file: Toka's git names its dir itself
     run_git(workspace, "remote", "set-url", "origin", display_url)
     target = base or (f"origin/{ref}" if ref else "origin/HEAD")
     found = run_git(workspace, "rev-parse", "--verify", "-q", f"{target}^{{commit}}", check=False)
@@ -293,7 +328,7 @@ def fetch_commit(
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()[-400:]
         raise GitError("ResultMissing", f"cannot read the result of {source.agent}: {err}")
-    got = Path(workspace, ".git", "FETCH_HEAD").read_text().split(None, 1)[0]
+    got = Path(git_dir(workspace), "FETCH_HEAD").read_text().split(None, 1)[0]
     if got != source.commit:
         raise GitError(
             "ResultMissing",
@@ -423,11 +458,11 @@ def bundle(workspace: Path, base: str) -> bytes:
 
 
 def save_state(workspace: Path, state: dict[str, Any]) -> None:
-    Path(workspace, ".git", STATE_FILE).write_text(json.dumps(state))
+    Path(git_dir(workspace), STATE_FILE).write_text(json.dumps(state))
 
 
 def load_state(workspace: Path) -> dict[str, Any] | None:
-    path = Path(workspace, ".git", STATE_FILE)
+    path = Path(git_dir(workspace), STATE_FILE)
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -11,21 +11,32 @@ output cap.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
+import resource
+import selectors
 import shutil
+import signal
+import stat
 import subprocess
-from collections.abc import Mapping
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from toka.tools import gitws
+from toka.paths import PathError, canonical_path
+from toka.tools import gitws, sandbox
 
 JSON = dict[str, Any]
 MAX_READ = 1_000_000
 MAX_OUTPUT = 64_000
 MAX_LIST = 2000
 DEFAULT_TIMEOUT = 60
+MAX_PROCESSES = 1024  # per user (the tools UID): the tools server and everything it runs
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
 GIT_TOKEN_HEADER = "X-Toka-Git-Token"  # noqa: S105 (a header name)
 # A workspace used as it is (a shared volume): files, no git.
@@ -40,18 +51,15 @@ class ToolError(Exception):
         self.status = status
 
 
-def confine(workspace: Path, rel: str, *, allow_root: bool = False) -> Path:
-    if not isinstance(rel, str) or "\x00" in rel:
-        raise ToolError("path must be a string without NUL bytes")
-    if rel.startswith("/"):
-        raise ToolError(
-            f"absolute paths are not allowed: {rel!r}; use a path relative to the workspace"
-        )
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ToolError(f"'..' is not allowed in paths: {rel!r}")
-    if not parts and not allow_root:
-        raise ToolError("a file path is required")
+def confine(workspace: Path, rel: str, *, directory: bool = False) -> Path:
+    """The workspace path `rel` names, by the canonical spelling the kernel checked."""
+    if not isinstance(rel, str):
+        raise ToolError("path must be a string")
+    try:
+        canonical = canonical_path(rel, directory=directory)
+    except PathError as err:
+        raise ToolError(str(err)) from None
+    parts = canonical.split("/") if canonical else []
     root = workspace.resolve()
     full = root.joinpath(*parts)
     real = Path(os.path.realpath(full))
@@ -60,48 +68,90 @@ def confine(workspace: Path, rel: str, *, allow_root: bool = False) -> Path:
     return full
 
 
+# A filesystem error is the agent's mistake or the workspace's state, never the server's:
+# a 4xx the agent can act on. 403s are counted as denials by the kernel.
+_ERRNO: dict[int, tuple[int, str]] = {
+    errno.ENOENT: (404, "no such file or directory"),
+    errno.ENOTDIR: (409, "part of the path is a file, not a directory"),
+    errno.EEXIST: (409, "part of the path is a file, not a directory"),
+    errno.EISDIR: (409, "it is a directory; list it with fs.list"),
+    errno.ENXIO: (409, "it is not a regular file (a FIFO, socket or device)"),
+    errno.ENAMETOOLONG: (400, "the path or one of its names is too long"),
+    errno.ELOOP: (403, "it is a symbolic link, which the tools do not follow"),
+    errno.EACCES: (403, "permission denied"),
+    errno.EPERM: (403, "operation not permitted"),
+    errno.ENOSPC: (413, "no space is left in the workspace"),
+    errno.EDQUOT: (413, "the workspace's quota is used up"),
+    errno.EFBIG: (413, "the file is too large"),
+}
+
+
+def os_error(err: OSError, doing: str) -> ToolError:
+    """`err` as a 4xx saying what failed (`doing`: "read 'a/b'") and why."""
+    status, why = _ERRNO.get(err.errno or 0, (409, err.strerror or type(err).__name__))
+    return ToolError(f"cannot {doing}: {why}", status=status)
+
+
+def _regular(fd: int) -> None:
+    """Only regular files are read or written: a FIFO would block the call, a device
+    never end it."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        raise OSError(errno.EISDIR, "is a directory")
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.ENXIO, "not a regular file")
+
+
 def fs_read(workspace: Path, args: JSON) -> JSON:
-    path = confine(workspace, args.get("path", ""))
+    rel = args.get("path", "")
+    path = confine(workspace, rel)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise ToolError(f"no such file: {args.get('path')}", status=404) from None
-    except IsADirectoryError:
-        raise ToolError(f"{args.get('path')} is a directory; use fs.list") from None
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just after.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            _regular(fd)
+            data = fh.read(MAX_READ + 1)
     except OSError as err:
-        raise ToolError(f"cannot read {args.get('path')}: {err.strerror}", status=403) from None
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(MAX_READ + 1)
+        raise os_error(err, f"read {rel!r}") from None
     return {
-        "path": args["path"],
+        "path": rel,
         "content": data[:MAX_READ].decode(errors="replace"),
         "truncated": len(data) > MAX_READ,
     }
 
 
 def fs_write(workspace: Path, args: JSON) -> JSON:
-    path = confine(workspace, args.get("path", ""))
+    rel = args.get("path", "")
+    path = confine(workspace, rel)
     content = args.get("content")
     if not isinstance(content, str):
         raise ToolError("content must be a string")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    confine(workspace, args["path"])  # the directories just made cannot have changed that
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    except OSError as err:
-        raise ToolError(f"cannot write {args['path']}: {err.strerror}", status=403) from None
     data = content.encode()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return {"path": args["path"], "bytes": len(data)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        confine(workspace, rel)  # the directories just made cannot have changed that
+        # O_TRUNC does nothing to a FIFO or a device, which are refused once open.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(path, flags, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            _regular(fd)
+            fh.write(data)
+    except OSError as err:
+        raise os_error(err, f"write {rel!r}") from None
+    return {"path": rel, "bytes": len(data)}
 
 
 def fs_list(workspace: Path, args: JSON) -> JSON:
-    base = confine(workspace, args.get("path") or "", allow_root=True)
-    if not base.is_dir():
-        raise ToolError(f"not a directory: {args.get('path') or '.'}", status=404)
+    rel = args.get("path") or ""
+    base = confine(workspace, rel, directory=True)
+    try:
+        if not base.is_dir():
+            raise ToolError(f"not a directory: {rel or '.'}", status=404)
+    except OSError as err:
+        raise os_error(err, f"list {rel!r}") from None
     root = workspace.resolve()
     entries: list[str] = []
+    # Unreadable directories below are skipped (os.walk's default), not an error.
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if d != ".git")
         for name in sorted(filenames):
@@ -111,55 +161,182 @@ def fs_list(workspace: Path, args: JSON) -> JSON:
     return {"entries": entries, "truncated": False}
 
 
+def exec_path() -> str:
+    """Programs come from the image's directories (and absolute extra ones), never from
+    the working directory: no empty entry, no relative one."""
+    extra = os.environ.get("TOKA_TOOLS_EXTRA_PATH", "").split(":")
+    dirs = CLEAN_PATH.split(":") + [d for d in extra if d.startswith("/")]
+    return ":".join(dict.fromkeys(dirs))
+
+
+def exec_env(workspace: Path, scratch: Path, history: Path | None) -> dict[str, str]:
+    """A clean environment: HOME and TMPDIR are the call's own scratch directory (nothing
+    in the workspace configures the program), and git is configured from here only."""
+    env = gitws.git_env(home=str(scratch)) | {
+        "PATH": exec_path(),
+        "TMPDIR": str(scratch),
+        "GIT_PAGER": "cat",
+        "PAGER": "cat",
+        # Programs' caches are not the agent's work: they stay out of its result commits.
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if history is not None:
+        env |= {"GIT_DIR": str(history), "GIT_WORK_TREE": str(workspace)}
+    return env
+
+
 def shell_exec(workspace: Path, args: JSON) -> JSON:
+    """Run argv in the workspace, confined by the OS to what the kernel's `confine` allows.
+
+    `confine` is added by the kernel from the agent's `fs:` grants (the agent cannot send
+    it): `{"read": [globs], "write": [globs], "mode": "Enforced" | "BestEffort"}`.
+    Without Landlock an Enforced call is refused; the answer says what confined it.
+    """
     argv = args.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise ToolError("argv must be a non-empty list of strings")
     if "/" in argv[0] or argv[0] in (".", ".."):
         raise ToolError("argv[0] must be a program name, not a path")
     timeout = int(args.get("timeout_seconds") or DEFAULT_TIMEOUT)
-    env = {
-        "PATH": CLEAN_PATH + ":" + os.environ.get("TOKA_TOOLS_EXTRA_PATH", ""),
-        "HOME": str(workspace),
-        "LANG": "C.UTF-8",
-        "TMPDIR": "/tmp",
-        # Programs' caches are not the agent's work: they stay out of its result commits.
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+    rules = args.get("confine") or {}
+    read, write = list(rules.get("read") or []), list(rules.get("write") or [])
+    abi = sandbox.abi_version()
+    if abi < 1 and rules.get("mode") != "BestEffort":
+        raise ToolError(
+            "programs run only under Landlock, which this node's kernel does not offer; "
+            "set the Agent's spec.sandbox to BestEffort to run them unconfined",
+            status=403,
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="toka-exec-"))
+    fd = -1
     try:
-        proc = subprocess.run(
+        # The history holds every path of the base: readable only where every path is.
+        history = gitws.git_dir(workspace) if "**" in read else None
+        if history is not None and not history.is_dir():
+            history = None
+        preexec = _limits
+        if abi >= 1:
+            extra = [d for d in exec_path().split(":") if d not in CLEAN_PATH.split(":")]
+            if history is not None and history.parent != workspace:
+                extra.append(str(history))
+            plan = sandbox.confinement(workspace, read, write, scratch, extra)
+            fd = sandbox.build_ruleset(abi, plan.rules)
+            preexec = _confined(sandbox.restrictor(fd))
+        answer = _run(argv, workspace, exec_env(workspace, scratch, history), timeout, preexec)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        shutil.rmtree(scratch, ignore_errors=True)
+    answer["sandbox"] = {
+        "landlock": abi,
+        "mode": "Enforced" if abi >= 1 else "Unconfined",
+        "guarantees": sandbox.guarantees(abi),
+    }
+    return answer
+
+
+_RUNNING: set[int] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _reap_orphans() -> None:
+    """Collect the exit of programs' orphans re-parented to this server (it is their
+    subreaper, or PID 1 in its container); the calls still running are left alone."""
+    children: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update(int(p) for p in (task / "children").read_text().split())
+    with _RUNNING_LOCK:
+        children -= _RUNNING
+    for pid in children:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _limits() -> None:
+    # A fork bomb stops at the limit; no core file of a crashed program lands in the workspace.
+    resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _confined(restrict: Callable[[], None]) -> Callable[[], None]:
+    def preexec() -> None:
+        _limits()
+        restrict()
+
+    return preexec
+
+
+def _run(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: int, preexec: Callable[[], None]
+) -> JSON:
+    """Run to the end or the timeout, keeping the last MAX_OUTPUT bytes of each stream as
+    they come (a program printing gigabytes costs no memory), then kill its process group."""
+    try:
+        proc = subprocess.Popen(
             argv,
-            cwd=workspace,
+            cwd=cwd,
             env=env,
-            capture_output=True,
-            timeout=timeout,
             stdin=subprocess.DEVNULL,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            # Between fork and exec: a few system calls, no lock another thread could hold.
+            preexec_fn=preexec,
         )
     except FileNotFoundError:
         raise ToolError(f"program not found: {argv[0]}", status=404) from None
-    except subprocess.TimeoutExpired as err:
-        return {
-            "exit_code": None,
-            "timed_out": True,
-            "stdout": (err.stdout or b"")[-MAX_OUTPUT:].decode(errors="replace"),
-            "stderr": (err.stderr or b"")[-MAX_OUTPUT:].decode(errors="replace"),
-            "truncated": False,
-        }
-    truncated = len(proc.stdout) > MAX_OUTPUT or len(proc.stderr) > MAX_OUTPUT
+    except PermissionError as err:
+        raise ToolError(f"cannot run {argv[0]}: {err.strerror}", status=403) from None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc.pid)
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    tails = {out_fd: bytearray(), err_fd: bytearray()}
+    seen = dict.fromkeys(tails, 0)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    with selectors.DefaultSelector() as sel:
+        for stream in (proc.stdout, proc.stderr):
+            sel.register(stream, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(min(left, 1.0)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                tail = tails[key.fd]
+                tail += chunk
+                seen[key.fd] += len(chunk)
+                if len(tail) > MAX_OUTPUT:
+                    del tail[: len(tail) - MAX_OUTPUT]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what it left behind goes too
+    code = proc.wait()
+    with _RUNNING_LOCK:
+        _RUNNING.discard(proc.pid)
+    _reap_orphans()
+    proc.stdout.close()
+    proc.stderr.close()
     return {
-        "exit_code": proc.returncode,
-        "timed_out": False,
-        "truncated": truncated,
-        "stdout": proc.stdout[-MAX_OUTPUT:].decode(errors="replace"),
-        "stderr": proc.stderr[-MAX_OUTPUT:].decode(errors="replace"),
+        "exit_code": None if timed_out else code,
+        "timed_out": timed_out,
+        "truncated": any(n > MAX_OUTPUT for n in seen.values()),
+        "stdout": tails[out_fd].decode(errors="replace"),
+        "stderr": tails[err_fd].decode(errors="replace"),
     }
 
 
 def fs_resolve(workspace: Path, args: JSON) -> JSON:
     """Where a path really leads, relative to the workspace, so that the kernel can check
     its grant against the target of a symlink too (a textual grant is not enough)."""
-    full = confine(workspace, args.get("path") or "", allow_root=True)
+    full = confine(workspace, args.get("path") or "", directory=True)
     real = Path(os.path.realpath(full)).relative_to(workspace.resolve())
     return {"path": "" if str(real) == "." else str(real)}
 
@@ -184,10 +361,16 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
     workspace.mkdir(parents=True, exist_ok=True)
     if env.get("TOKA_WORKSPACE_SHARED"):
         return dict(AS_IS)
+    if env.get("TOKA_GIT_DIR"):
+        # A directory inside the volume: git makes it (and a clone wants it not to exist).
+        gitws.use_git_dir(workspace, Path(env["TOKA_GIT_DIR"], "repo"))
     saved = gitws.load_state(workspace)
     if saved is not None:
         return saved
     try:
+        history = gitws.git_dir(workspace)
+        if history.parent != workspace and history.is_dir():
+            shutil.rmtree(history)
         for leftover in workspace.iterdir():
             # An earlier start of this container stopped half-way (its state is saved
             # only when ready); the pod's own volume holds nothing else, so start over.

@@ -17,13 +17,16 @@ import json
 import os
 import socket
 import socketserver
+import struct
 import sys
+import traceback
 from collections.abc import Callable
 from http import HTTPStatus  # the enum only: not http.client, email or ssl
 from pathlib import Path
 from typing import Any
 
-from toka.tools.ops import OPS, ToolError, Workspace, prepare_workspace
+from toka.tools import sandbox
+from toka.tools.ops import OPS, ToolError, Workspace, os_error, prepare_workspace
 
 MAX_BODY = 2_000_000
 MAX_HEADER_LINES = 100
@@ -37,6 +40,10 @@ class _Handler(socketserver.StreamRequestHandler):
     server: ToolServer
 
     def handle(self) -> None:
+        # A program the agent runs here is confined by Landlock, but a Unix socket's path is
+        # not a file it opens: it could still connect and ask for any tool, unchecked. Only
+        # the kernel may; what this server started (or what they started) may not.
+        spawned = descends_from(peer_pid(self.request), os.getpid())
         while True:
             try:
                 request = self._read_request()
@@ -46,6 +53,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if request is None:
                 return
             method, path, body, keep_alive = request
+            if spawned and path != "/healthz":
+                self._reply(403, {"error": "not for programs run by tools"}, close=True)
+                return
             status, answer = self._dispatch(method, path, body)
             self._reply(status, answer, close=not keep_alive)
             if not keep_alive:
@@ -102,6 +112,14 @@ class _Handler(socketserver.StreamRequestHandler):
             return err.status, {"error": str(err)}
         except ValueError as err:
             return 400, {"error": f"bad request: {err}"}
+        except OSError as err:
+            # An op that let one through: still the workspace's state, answered as such.
+            failed = os_error(err, name)
+            return failed.status, {"error": str(failed)}
+        except Exception as err:
+            # A bug in an op: answered, so the kernel can say so, and the connection kept.
+            traceback.print_exc(file=sys.stderr)
+            return 500, {"error": f"{name} failed: {type(err).__name__}: {str(err)[:300]}"}
 
     def _reply(self, status: int, body: dict[str, Any], *, close: bool) -> None:
         data = json.dumps(body).encode()
@@ -127,12 +145,39 @@ class ToolServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "workspace.status": workspace_ops.status,
             "git.commit": workspace_ops.commit,
             "git.push": workspace_ops.push,
+            "sandbox.status": sandbox_status,
         }
         if os.path.exists(path):
             os.unlink(path)
         super().__init__(path, _Handler)
         # Only the kernel and this container mount the socket's volume.
         os.chmod(path, 0o666)  # noqa: S103
+
+
+def sandbox_status(_: dict[str, Any]) -> dict[str, Any]:
+    abi = sandbox.abi_version()
+    return {"landlock": abi, "guarantees": sandbox.guarantees(abi)}
+
+
+def peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `pid` is `ancestor`'s child, grandchild… (0: a process of another PID
+    namespace, such as the kernel's container, is not)."""
+    for _ in range(4096):
+        if pid <= 1 or pid == ancestor:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+    return False
 
 
 def probe(path: str) -> int:
@@ -153,6 +198,8 @@ def main(argv: list[str]) -> int:
     if "--probe" in argv:
         return probe(path)
     workspace = Path(os.environ.get("TOKA_WORKSPACE", "/workspace"))
+    # Orphans of the programs it runs become its children, so `descends_from` sees them all.
+    sandbox.become_subreaper()
     state = prepare_workspace(workspace, os.environ)
     if state["state"] == "Ready":
         print(f"toka tools: workspace ready ({_describe(state)}); serving on {path}", flush=True)

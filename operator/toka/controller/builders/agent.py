@@ -113,6 +113,7 @@ def build_child_agent(
         resources=parent.spec.resources,
         image=parent.spec.image,
         tools_image=parent.spec.tools_image,
+        sandbox=parent.spec.sandbox,
         timeout_seconds=parent.spec.timeout_seconds,
         workstream=parent.spec.workstream,
         workspace=parent.spec.workspace,

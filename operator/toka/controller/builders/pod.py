@@ -45,6 +45,8 @@ GIT_CREDENTIALS_DIR = "/etc/toka/git"
 INPUTS_DIR = "/etc/toka/inputs"
 RESULT_DIR = "/etc/toka/result"
 WORKSPACE = "/workspace"
+# The workspace's repository, outside the work tree: programs the agent runs never reach it.
+GIT_DIR = "/var/lib/toka/git"
 KERNEL_UID, TOOLS_UID, AGENT_UID = 10001, 10002, 10003
 
 
@@ -208,6 +210,9 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         tools_env.append({"name": "TOKA_WORKSPACE_SHARED", "value": "1"})
     else:
         volumes.append({"name": "workspace", "emptyDir": {"sizeLimit": size}})
+        volumes.append({"name": "workspace-git", "emptyDir": {"sizeLimit": size}})
+        tools_mounts.append({"name": "workspace-git", "mountPath": GIT_DIR})
+        tools_env.append({"name": "TOKA_GIT_DIR", "value": GIT_DIR})
         _add_git_workspace(agent, name, volumes, kernel_env, kernel_mounts, tools_env, tools_mounts)
     labels = {
         LABEL_AGENT: name,

@@ -3,13 +3,13 @@ tool_use / tool_result. The original sent a Bearer header; this is the documente
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import httpx
 
 from toka.llm.config import LLMConfig
 from toka.llm.errors import InvalidResponse
-from toka.llm.providers.base import JSON, parse_arguments, post_json
+from toka.llm.providers.base import JSON, parse_arguments, post_json, reported_usage
 from toka.llm.types import Completion, CompletionRequest, TextDelta, ToolCall, Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -47,7 +47,7 @@ def to_anthropic(request: CompletionRequest, config: LLMConfig) -> JSON:
             _append(messages, "user", {"type": "text", "text": m.content})
     body: JSON = {
         "model": request.model or config.model,
-        "max_tokens": request.max_tokens or config.max_tokens,
+        "max_tokens": config.output_cap(request.max_tokens),
         "messages": messages,
     }
     if system:
@@ -71,11 +71,22 @@ def _append(messages: list[JSON], role: str, block: JSON) -> None:
 
 
 def from_anthropic(data: JSON) -> Completion:
+    usage = reported_usage(data.get("usage"), "input_tokens", "output_tokens")
+    try:
+        return _completion(data, usage)
+    except InvalidResponse as err:
+        err.usage = usage  # an unusable answer is billed all the same
+        raise
+
+
+def _completion(data: JSON, usage: Usage | None) -> Completion:
     if data.get("type") != "message" or not isinstance(data.get("content"), list):
         raise InvalidResponse("anthropic", "body is not a Messages API message")
     text: list[str] = []
     calls: list[ToolCall] = []
     for block in data["content"]:
+        if not isinstance(block, dict):
+            raise InvalidResponse("anthropic", "a content block is not an object")
         if block.get("type") == "text":
             text.append(str(block.get("text", "")))
         elif block.get("type") == "tool_use":
@@ -86,16 +97,13 @@ def from_anthropic(data: JSON) -> Completion:
                     arguments=parse_arguments("anthropic", block.get("input")),
                 )
             )
-    usage = data.get("usage") or {}
     stop = _STOP.get(str(data.get("stop_reason")), "other")
     return Completion(
         content="".join(text),
         tool_calls=calls,
         stop_reason=stop,
-        usage=Usage(
-            input_tokens=int(usage.get("input_tokens", 0)),
-            output_tokens=int(usage.get("output_tokens", 0)),
-        ),
+        usage=usage or Usage(),
+        usage_reported=usage is not None,
         model=str(data.get("model", "")),
         provider="anthropic",
         refusal="".join(text) if stop == "refusal" else None,
@@ -136,7 +144,9 @@ class AnthropicProvider:
         )
         return from_anthropic(data)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[TextDelta | Completion, None]:
         # The kernel re-streams to its clients; one complete call keeps usage exact.
         completion = await self.complete(request)
         if completion.content:

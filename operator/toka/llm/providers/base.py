@@ -12,13 +12,13 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 import httpx
 
 from toka.llm.errors import InvalidResponse, PermanentProviderError, RetryableProviderError
-from toka.llm.types import Completion, CompletionRequest, TextDelta
+from toka.llm.types import Completion, CompletionRequest, TextDelta, Usage
 
 JSON = dict[str, Any]
 
@@ -28,7 +28,9 @@ class Provider(Protocol):
 
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Completion]: ...
+    def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[TextDelta | Completion, None]: ...
 
     async def aclose(self) -> None: ...
 
@@ -94,7 +96,24 @@ def transport_error(
         reason = "truncated"
     else:
         reason = "transport"
-    return RetryableProviderError(provider, reason, redact(str(err) or type(err).__name__))
+    # Once the request may have been sent, the model may have run (and been billed).
+    unsent = isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    return RetryableProviderError(
+        provider, reason, redact(str(err) or type(err).__name__), billable=not unsent
+    )
+
+
+def reported_usage(raw: Any, input_key: str, output_key: str) -> Usage | None:
+    """The provider's token counts, or None when it sent none (or none that are numbers)."""
+    if not isinstance(raw, dict) or (input_key not in raw and output_key not in raw):
+        return None
+    try:
+        return Usage(
+            input_tokens=max(0, int(raw.get(input_key) or 0)),
+            output_tokens=max(0, int(raw.get(output_key) or 0)),
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 async def post_json(

@@ -4,18 +4,19 @@ messages with `tool_calls`, role `tool`, function tools, and SSE streaming with 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
 
 from toka.llm.config import LLMConfig
-from toka.llm.errors import InvalidResponse
+from toka.llm.errors import InvalidResponse, RetryableProviderError
 from toka.llm.providers.base import (
     JSON,
     parse_arguments,
     post_json,
     raise_for_status,
+    reported_usage,
     transport_error,
 )
 from toka.llm.types import Completion, CompletionRequest, TextDelta, ToolCall, Usage
@@ -56,7 +57,7 @@ def to_openai(request: CompletionRequest, config: LLMConfig, *, stream: bool = F
     body: JSON = {
         "model": request.model or config.model,
         "messages": messages,
-        "max_tokens": request.max_tokens or config.max_tokens,
+        "max_tokens": config.output_cap(request.max_tokens),
         "temperature": request.temperature
         if request.temperature is not None
         else config.temperature,
@@ -80,10 +81,21 @@ def to_openai(request: CompletionRequest, config: LLMConfig, *, stream: bool = F
 
 
 def from_openai(data: JSON, provider: str) -> Completion:
+    usage = reported_usage(data.get("usage"), "prompt_tokens", "completion_tokens")
+    try:
+        return _completion(data, provider, usage)
+    except InvalidResponse as err:
+        err.usage = usage  # an unusable answer is billed all the same
+        raise
+
+
+def _completion(data: JSON, provider: str, usage: Usage | None) -> Completion:
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise InvalidResponse(provider, "no choices in the response")
     message = choices[0].get("message") or {}
+    if not isinstance(message, dict):
+        raise InvalidResponse(provider, "the choice's message is not an object")
     calls = [
         ToolCall(
             id=str(c.get("id", "")),
@@ -92,17 +104,14 @@ def from_openai(data: JSON, provider: str) -> Completion:
         )
         for c in message.get("tool_calls") or []
     ]
-    usage = data.get("usage") or {}
     refusal = message.get("refusal")
     stop = _STOP.get(str(choices[0].get("finish_reason")), "other")
     return Completion(
         content=str(message.get("content") or ""),
         tool_calls=calls,
         stop_reason="refusal" if refusal else stop,
-        usage=Usage(
-            input_tokens=int(usage.get("prompt_tokens", 0)),
-            output_tokens=int(usage.get("completion_tokens", 0)),
-        ),
+        usage=usage or Usage(),
+        usage_reported=usage is not None,
         model=str(data.get("model", "")),
         provider=provider,
         refusal=str(refusal) if refusal else None,
@@ -142,13 +151,15 @@ class OpenAIProvider:
         )
         return from_openai(data, self.name)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[TextDelta | Completion, None]:
         """Server-sent events; a stream cut before `[DONE]` is a retryable truncation."""
         body = to_openai(request, self.config, stream=True)
         url = f"{self.config.endpoint}/chat/completions"
         text: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
-        usage = Usage()
+        usage: Usage | None = None
         finish: str | None = None
         model = ""
         done = False
@@ -166,13 +177,14 @@ class OpenAIProvider:
                     try:
                         chunk = json.loads(payload)
                     except ValueError:
-                        raise InvalidResponse(self.name, "malformed stream chunk") from None
+                        raise InvalidResponse(self.name, "malformed stream chunk", usage) from None
+                    if not isinstance(chunk, dict):
+                        raise InvalidResponse(self.name, "a stream chunk is not an object", usage)
                     model = chunk.get("model", model)
-                    if chunk.get("usage"):
-                        usage = Usage(
-                            input_tokens=int(chunk["usage"].get("prompt_tokens", 0)),
-                            output_tokens=int(chunk["usage"].get("completion_tokens", 0)),
-                        )
+                    usage = (
+                        reported_usage(chunk.get("usage"), "prompt_tokens", "completion_tokens")
+                        or usage
+                    )
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         if delta.get("content"):
@@ -188,21 +200,29 @@ class OpenAIProvider:
                             slot["args"] += fn.get("arguments") or ""
                         finish = choice.get("finish_reason") or finish
         except httpx.HTTPError as err:
-            raise transport_error(self.name, err, self.redact) from None
+            cut = transport_error(self.name, err, self.redact)
+            cut.usage = usage
+            raise cut from None
         if not done:
-            from toka.llm.errors import RetryableProviderError
-
-            raise RetryableProviderError(self.name, "truncated", "stream ended before [DONE]")
-        yield Completion(
-            content="".join(text),
-            tool_calls=[
+            raise RetryableProviderError(
+                self.name, "truncated", "stream ended before [DONE]", billable=True, usage=usage
+            )
+        try:
+            tool_calls = [
                 ToolCall(
                     id=c["id"], name=c["name"], arguments=parse_arguments(self.name, c["args"])
                 )
                 for _, c in sorted(calls.items())
-            ],
+            ]
+        except InvalidResponse as err:
+            err.usage = usage
+            raise
+        yield Completion(
+            content="".join(text),
+            tool_calls=tool_calls,
             stop_reason=_STOP.get(str(finish), "other"),
-            usage=usage,
+            usage=usage or Usage(),
+            usage_reported=usage is not None,
             model=model,
             provider=self.name,
         )

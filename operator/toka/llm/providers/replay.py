@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ class ReplayProvider:
             provider=self.name,
         )
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[TextDelta | Completion, None]:
         completion = await self.complete(request)
         if completion.content:
             yield TextDelta(text=completion.content)
@@ -148,11 +151,14 @@ class RecordingProvider:
         self._append(request, completion)
         return completion
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TextDelta | Completion]:
-        async for item in self.inner.stream(request):
-            if isinstance(item, Completion):
-                self._append(request, item)
-            yield item
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[TextDelta | Completion, None]:
+        async with aclosing(self.inner.stream(request)) as items:
+            async for item in items:
+                if isinstance(item, Completion):
+                    self._append(request, item)
+                yield item
 
     async def aclose(self) -> None:
         await self.inner.aclose()
