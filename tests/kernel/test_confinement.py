@@ -211,6 +211,36 @@ for path in ("notes/a.md", "notes/b.md", "notes/deep/c.md"):
     assert (tmp_path / "notes" / "a.md").read_text() == "new"
 
 
+def test_a_write_grant_alone_lets_a_program_write_but_not_read(tmp_path: Path) -> None:
+    layout(tmp_path)
+    script = """
+open("notes/b.md", "w").write("new")
+try:
+    print(open("notes/a.md").read())
+except OSError as err:
+    print(type(err).__name__)
+"""
+    answer = ops.shell_exec(
+        tmp_path, {"argv": ["python3", "-c", script], "confine": confine(write=["notes/**"])}
+    )
+    assert answer["stdout"].split() == ["PermissionError"]
+    assert (tmp_path / "notes" / "b.md").read_text() == "new"
+
+
+def test_a_granted_directory_that_is_a_symlink_grants_nothing(tmp_path: Path) -> None:
+    """An earlier program (or a dependency's result) made `public` lead to `private`."""
+    layout(tmp_path)
+    (tmp_path / "public" / "readme.txt").unlink()
+    (tmp_path / "public").rmdir()
+    (tmp_path / "public").symlink_to("private")
+    answer = ops.shell_exec(
+        tmp_path,
+        {"argv": ["cat", "public/key.txt"], "confine": confine(read=["public/**"])},
+    )
+    assert "the secret" not in answer["stdout"]
+    assert "Permission denied" in answer["stderr"]
+
+
 def test_a_timeout_kills_everything_the_program_started(tmp_path: Path) -> None:
     answer = ops.shell_exec(
         tmp_path,

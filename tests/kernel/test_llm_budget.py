@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.kernel.stack import Stack, kernel_stack, replay_file
+from tests.llm.test_budget_enforcement import CAP, IDS, KINDS
 from tests.llm.test_providers import KEY, Sleeps
 from tests.llm_servers import (
     JSON,
@@ -34,9 +35,6 @@ from toka.kernel.server import MAX_TURN_COUNTERS, Kernel
 from toka.llm import LLMConfig, LLMGateway
 from toka.llm.ratelimit import TokenBudget
 
-CAP = 256
-KINDS = [("anthropic", Provider.ANTHROPIC), ("openai", Provider.OPENAI)]
-IDS = [k for k, _ in KINDS]
 ASK = [{"role": "user", "content": "Fix the build."}]
 
 

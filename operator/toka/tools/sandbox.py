@@ -178,7 +178,8 @@ def confinement(
         if os.path.exists(path):
             out.rules.append((path, FS_READ_FILE))
     out.rules.append((str(scratch), READ | WRITE))
-    for globs, rights in ((read, READ), (write, READ | WRITE)):
+    # Write grants give no read: a program reads only where an fs:read grant says it may.
+    for globs, rights in ((read, READ), (write, WRITE)):
         for glob in globs:
             for path, is_tree in _glob_targets(
                 root, glob, make=rights & FS_WRITE_FILE != 0, out=out
@@ -191,16 +192,18 @@ def _glob_targets(root: Path, glob: str, *, make: bool, out: Confinement) -> lis
     """(path, whole tree?) for one glob: its directory for `dir/**`, else the files matching."""
     prefix, rest = literal_prefix(glob)
     base = root.joinpath(*prefix)
+    if base.is_symlink() or not _plain(root, base):
+        # A rule names the inode a path leads to: through a symlink that is somewhere the
+        # grant may not name (`public` -> `private`, made by an earlier program).
+        return []
     if rest == ["**"] or (not rest and not prefix):
-        if not _inside(root, base):
-            return []
         if not base.exists() and make:
             base.mkdir(parents=True, exist_ok=True)
             out.made.append(str(base))
         return [(str(base), True)] if base.is_dir() else []
     if not rest:
-        return [(str(base), False)] if base.is_file() and _inside(root, base) else []
-    if not base.is_dir() or not _inside(root, base):
+        return [(str(base), False)] if base.is_file() else []
+    if not base.is_dir():
         return []
     pattern = glob_regex(glob)
     found: list[tuple[str, bool]] = []
@@ -217,9 +220,12 @@ def _glob_targets(root: Path, glob: str, *, make: bool, out: Confinement) -> lis
     return found[:MAX_MATCHES]
 
 
-def _inside(root: Path, path: Path) -> bool:
-    real = Path(os.path.realpath(path))
-    return real == root or root in real.parents
+def _plain(root: Path, path: Path) -> bool:
+    """Whether `path` (under the resolved `root`) has no symlink on its way: it is its own
+    real path. A path not made yet counts as plain where its existing part is."""
+    while not path.exists() and path != root and root in path.parents:
+        path = path.parent
+    return os.path.realpath(path) == str(path)
 
 
 def build_ruleset(abi: int, rules: Iterable[tuple[str, int]]) -> int:
