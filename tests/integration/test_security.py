@@ -324,7 +324,7 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
 PROBE = """
 import json, socket
 seen = {}
-for path in ("public/readme.txt", "private/key.txt"):
+for path in ("public/readme.txt", "private/key.txt", "/var/lib/toka/seed/private__key.txt"):
     try:
         seen["read " + path] = open(path).read()
     except OSError as err:
@@ -428,6 +428,7 @@ async def test_granted_git_and_python_in_a_real_pod_reach_only_what_the_grant_na
     assert seen == {
         "read public/readme.txt": "public words",
         "read private/key.txt": "PermissionError",
+        "read /var/lib/toka/seed/private__key.txt": "PermissionError",
         "write out/python.txt": "written",
         "write private/x": "PermissionError",
         "write public/x": "PermissionError",

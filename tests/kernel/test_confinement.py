@@ -9,12 +9,17 @@ ruleset is real: this machine's kernel offers it, as the dev node's does.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.kernel.stack import Stack, kernel_stack
@@ -89,6 +94,9 @@ async def test_no_program_opens_a_tcp_connection_even_to_loopback(tmp_path: Path
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
+    datagrams = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagrams.bind(("127.0.0.1", 0))
+    datagrams.settimeout(0.5)
     script = f"""
 import socket
 for port in ({port}, KERNEL):
@@ -97,34 +105,66 @@ for port in ({port}, KERNEL):
         print("connected", port)
     except OSError as err:
         print("refused", type(err).__name__)
+for family, kind in ((socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_INET6, socket.SOCK_DGRAM),
+                     (socket.AF_NETLINK, socket.SOCK_RAW)):
+    try:
+        socket.socket(family, kind).sendto(b"out", ("127.0.0.1", UDP))
+        print("sent")
+    except OSError as err:
+        print("refused", type(err).__name__)
 """
     try:
         async with kernel_stack(tmp_path, ["python-execution"]) as stack:
             kernel = stack.http.base_url.port
-            answer = await run(stack, ["python3", "-c", script.replace("KERNEL", str(kernel))])
+            udp = str(datagrams.getsockname()[1])
+            code = script.replace("KERNEL", str(kernel)).replace("UDP", udp)
+            answer = await run(stack, ["python3", "-c", code])
+        with pytest.raises(TimeoutError):
+            datagrams.recv(100)
     finally:
         listener.close()
+        datagrams.close()
     assert "connected" not in answer["stdout"]
-    assert answer["stdout"].count("refused PermissionError") == 2
+    assert "sent" not in answer["stdout"]
+    assert answer["stdout"].count("refused PermissionError") == 5, answer
 
 
 async def test_a_program_cannot_use_the_tools_socket_to_skip_the_kernel(tmp_path: Path) -> None:
     """The socket is a path, not a file Landlock guards: the tools server itself refuses
     whatever it started."""
     script = f"""
-import socket, json
+import json, os, socket
+body = json.dumps({{"path": "private/key.txt"}}).encode()
+request = b"POST /fs.read HTTP/1.1\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body
+
+def ask(s):
+    try:
+        s.sendall(request)
+        return s.recv(4096).decode(errors="replace").split("\\r\\n")[0]
+    except OSError as err:
+        return type(err).__name__
+
 s = socket.socket(socket.AF_UNIX)
 s.connect({str(tmp_path / "tools.sock")!r})
-body = json.dumps({{"path": "private/key.txt"}}).encode()
-head = b"POST /fs.read HTTP/1.1\\r\\nContent-Length: " + str(len(body)).encode()
-s.sendall(head + b"\\r\\n\\r\\n" + body)
-print(s.recv(4096).decode(errors="replace"))
+print("direct", ask(s))
+# A child connects and exits before the server looks at who it was.
+for _ in range(30):
+    s = socket.socket(socket.AF_UNIX)
+    child = os.fork()
+    if child == 0:
+        s.connect({str(tmp_path / "tools.sock")!r})
+        os._exit(0)
+    os.waitpid(child, 0)
+    print("handed", ask(s))
 """
     async with kernel_stack(tmp_path, ["python-execution"]) as stack:
         layout(stack.workspace)
         answer = await run(stack, ["python3", "-c", script])
+    lines = answer["stdout"].splitlines()
     assert "the secret" not in answer["stdout"]
-    assert "403" in answer["stdout"].splitlines()[0]
+    assert lines[0] == "direct HTTP/1.1 403 Forbidden"
+    assert len(lines) == 31
+    assert not [line for line in lines if " 200 " in line]
 
 
 async def test_home_is_not_the_workspace_so_a_written_gitconfig_configures_nothing(
@@ -252,15 +292,20 @@ def test_a_timeout_kills_everything_the_program_started(tmp_path: Path) -> None:
     )
     assert answer["timed_out"] is True
     left = int(answer["stdout"].split()[0])
-    assert not alive(left)
+    assert gone(left)
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # killed, not yet collected by init
+def gone(pid: int) -> bool:
+    """Dead (or a zombie not yet collected), waiting a little for SIGKILL to land."""
+    for _ in range(100):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_output_is_capped_while_it_is_read_not_after(tmp_path: Path) -> None:
@@ -397,3 +442,43 @@ def test_programs_see_the_history_only_when_every_path_is_granted(
     )
     assert ("the secret" in answer["stdout"]) is sees_history
     assert (answer["exit_code"] == 0) is sees_history
+
+
+def test_a_program_that_leaves_its_session_ends_with_its_call(tmp_path: Path) -> None:
+    """`setsid` escapes the process group the timeout kills; the tools server (subreaper
+    of what it runs) ends such leftovers when the call returns."""
+    ws, sock = tmp_path / "ws", tmp_path / "tools.sock"
+    ws.mkdir()
+    env = {
+        **os.environ,
+        "TOKA_TOOLS_SOCKET": str(sock),
+        "TOKA_WORKSPACE": str(ws),
+        "TOKA_WORKSPACE_SHARED": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "toka.cli", "tools"], env=env, stdout=subprocess.DEVNULL
+    )
+    script = """
+import os, sys, time
+child = os.fork()
+if child == 0:
+    os.setsid()
+    time.sleep(120)
+    os._exit(0)
+print(child)
+"""
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=30) as tools:
+            answer = tools.post(
+                "http://tools/shell.exec",
+                json={"argv": ["python3", "-c", script], "confine": confine()},
+            ).json()
+        assert answer["exit_code"] == 0, answer
+        assert gone(int(answer["stdout"]))
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -151,16 +151,30 @@ async def test_answers_invalid_every_time_are_all_counted(
     assert budget.used == 4 * 47
 
 
-async def test_an_answer_without_usage_is_charged_an_estimate(
+async def test_an_answer_without_usage_is_charged_an_upper_bound(
     server: tuple[ProviderServer, Provider],
 ) -> None:
     srv, provider = server
     srv.script(Reply(body=answer(srv.kind, "Hello.", None, None)))
     budget = TokenBudget(limit=100_000)
     _, stats = await gateway(srv, provider, budget).complete(ask())
-    # The prompt at four characters a token, and "Hello." (six characters) as two.
-    assert stats.usage == Usage(input_tokens=estimate_input_tokens(ask()), output_tokens=2)
+    # No tokenizer makes more tokens than UTF-8 bytes: the prompt's bound, "Hello." as six.
+    assert stats.usage == Usage(input_tokens=estimate_input_tokens(ask()), output_tokens=6)
     assert budget.used == stats.usage.total
+
+
+async def test_a_prompt_of_one_token_a_character_cannot_overspend_the_budget(
+    server: tuple[ProviderServer, Provider],
+) -> None:
+    """A 4-characters-a-token guess let 39,000 CJK characters (about as many tokens) in
+    under a 10,000-token budget; bytes bound what any tokenizer makes."""
+    srv, provider = server
+    srv.script(Reply(body=answer(srv.kind, "ok", None, (39_001, 1))))
+    budget = TokenBudget(limit=10_000)
+    with pytest.raises(BudgetExceeded):
+        await gateway(srv, provider, budget).complete(ask("漢" * 39_000))
+    assert srv.requests == []
+    assert budget.used == 0
 
 
 async def test_an_unreadable_answer_is_charged_its_whole_reservation(

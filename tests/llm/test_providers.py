@@ -36,7 +36,7 @@ from toka.llm import (
     ToolSpec,
 )
 from toka.llm.metrics import GatewayMetrics
-from toka.llm.ratelimit import TokenBudget
+from toka.llm.ratelimit import TokenBudget, estimate_input_tokens
 from toka.llm.types import CallStats, TextDelta, ToolCall
 
 KEY = "sk-test-key-0123456789abcdef"
@@ -473,11 +473,12 @@ async def test_invalid_answers_every_time_end_in_invalid_response(
 
 
 async def test_a_spent_budget_stops_calls_before_they_are_sent(anthropic: ProviderServer) -> None:
-    gw = gateway(anthropic, Provider.ANTHROPIC, budget=TokenBudget(limit=20))
-    await gw.complete(ask())  # 17 tokens: the 3 left cannot hold the next prompt
+    assert estimate_input_tokens(ask()) == 39  # at most, a token a byte: it is reserved
+    gw = gateway(anthropic, Provider.ANTHROPIC, budget=TokenBudget(limit=50))
+    await gw.complete(ask())  # 17 tokens: the 33 left cannot hold the next prompt's 39
     with pytest.raises(BudgetExceeded) as err:
         await gw.complete(ask())
-    assert (err.value.limit, err.value.used) == (20, 17)
+    assert (err.value.limit, err.value.used) == (50, 17)
     assert len(anthropic.requests) == 1
 
 

@@ -518,7 +518,9 @@ class Kernel:
         self, name: str, tool: ToolDef, args: JSON, target: str
     ) -> web.Response | None:
         """A grant names paths, so a symlink must not lead outside it: the real target is
-        checked too. `fs:read:public/**` does not read `public/link` → `private/key`."""
+        checked too. `fs:read:public/**` does not read `public/link` → `private/key`.
+        Tools is then sent the real path, which it opens following no symlink: one
+        swapped in after this check is refused, not followed."""
         resolved = await self._call_tools("fs.resolve", {"path": args.get("path") or ""})
         if isinstance(resolved, web.Response):
             return resolved
@@ -529,6 +531,7 @@ class Kernel:
         decision = self.policy.check(name, tool.domain, tool.action, real_target, via=target)
         self.decisions.labels(name, "allow" if decision.allowed else "deny").inc()
         if decision.allowed:
+            args["path"] = real
             return None
         return _error(403, "denied", f"{target!r} leads to {real!r}: {decision.reason}")
 

@@ -15,9 +15,9 @@ than the call's allowance is left, its output is clamped to what is left
 rather than refused, so the last of a budget can still be used; only a
 call whose estimated input alone does not fit is refused.
 
-Estimates are four characters a token (plus a few tokens a message): the
-input before a call, and the output of an answer the provider sent without
-its usage. They can be off for unusual text; the provider's own count,
+Estimates are upper bounds, one token per UTF-8 byte (plus a few tokens a
+message and a tool-use preamble): the input before a call, and the output of
+an answer the provider sent without its usage. The provider's own count,
 when it gives one, is always what is charged.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,8 +32,8 @@ from typing import Protocol
 from toka.llm.errors import BudgetExceeded, RateLimited
 from toka.llm.types import Completion, CompletionRequest, Usage
 
-CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
+TOOLS_PREAMBLE = 512  # what a provider adds to a prompt that offers tools
 
 
 class Clock(Protocol):
@@ -88,27 +87,33 @@ class TokenBucket:
         return wait
 
 
-def estimate_tokens(chars: int) -> int:
-    return math.ceil(chars / CHARS_PER_TOKEN)
+def _utf8(text: str) -> int:
+    return len(text.encode())
 
 
 def estimate_input_tokens(request: CompletionRequest) -> int:
-    """The prompt as the provider will count it, roughly: messages, tool calls, tool schemas."""
-    chars = sum(
-        len(m.content) + sum(len(c.name) + len(json.dumps(c.arguments)) for c in m.tool_calls)
+    """At most what the provider will count for the prompt: messages, tool calls, tool
+    schemas. Byte-level tokenizers never make more tokens than UTF-8 bytes, so bytes
+    bound them (a 4-characters-a-token guess let text of one token a character, such
+    as CJK, spend 4x the budget); plus a few tokens a message and the providers'
+    tool-use preamble."""
+    size = sum(
+        _utf8(m.content) + sum(_utf8(c.name) + _utf8(json.dumps(c.arguments)) for c in m.tool_calls)
         for m in request.messages
     )
-    chars += sum(
-        len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in request.tools
+    size += sum(
+        _utf8(t.name) + _utf8(t.description) + _utf8(json.dumps(t.parameters))
+        for t in request.tools
     )
-    return estimate_tokens(chars) + TOKENS_PER_MESSAGE * len(request.messages)
+    preamble = TOOLS_PREAMBLE if request.tools else 0
+    return size + TOKENS_PER_MESSAGE * len(request.messages) + preamble
 
 
 def estimate_output_tokens(completion: Completion) -> int:
-    chars = len(completion.content) + sum(
-        len(c.name) + len(json.dumps(c.arguments)) for c in completion.tool_calls
+    """At most what an answer that came without its usage cost: its UTF-8 bytes."""
+    return _utf8(completion.content) + sum(
+        _utf8(c.name) + _utf8(json.dumps(c.arguments)) for c in completion.tool_calls
     )
-    return estimate_tokens(chars)
 
 
 @dataclass

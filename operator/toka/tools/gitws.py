@@ -43,6 +43,7 @@ STATE_FILE = "toka-workspace.json"  # in the git dir: survives a tools restart w
 # Git settings that a repository's own config cannot override (command line wins).
 LOCKED_CONFIG = (
     ("core.hooksPath", "/dev/null"),
+    ("core.attributesFile", "/dev/null"),
     ("core.fsmonitor", "false"),
     ("core.pager", "cat"),
     ("core.editor", "false"),
@@ -125,6 +126,7 @@ def git_env(home: str | None = None, headers: Iterable[str] = ()) -> dict[str, s
         "HOME": home or tempfile.gettempdir(),
         "LANG": "C.UTF-8",
         "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_ATTR_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_CONFIG_COUNT": str(len(config)),

@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from toka.paths import PathError, canonical_path
-from toka.tools import gitws, sandbox
+from toka.tools import beneath, gitws, sandbox
 
 JSON = dict[str, Any]
 MAX_READ = 1_000_000
 MAX_OUTPUT = 64_000
 MAX_LIST = 2000
 DEFAULT_TIMEOUT = 60
+# After the program exits, how long its output may still arrive (from its children).
+EXIT_GRACE = 0.5
 MAX_PROCESSES = 1024  # per user (the tools UID): the tools server and everything it runs
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
 GIT_TOKEN_HEADER = "X-Toka-Git-Token"  # noqa: S105 (a header name)
@@ -107,7 +109,7 @@ def fs_read(workspace: Path, args: JSON) -> JSON:
     path = confine(workspace, rel)
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just after.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = beneath.open_beneath(workspace, _rel(workspace, path), os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as fh:
             _regular(fd)
             data = fh.read(MAX_READ + 1)
@@ -128,11 +130,9 @@ def fs_write(workspace: Path, args: JSON) -> JSON:
         raise ToolError("content must be a string")
     data = content.encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        confine(workspace, rel)  # the directories just made cannot have changed that
         # O_TRUNC does nothing to a FIFO or a device, which are refused once open.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-        fd = os.open(path, flags, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+        fd = beneath.open_beneath(workspace, _rel(workspace, path), flags, make_parents=True)
         with os.fdopen(fd, "wb") as fh:
             _regular(fd)
             fh.write(data)
@@ -147,18 +147,20 @@ def fs_list(workspace: Path, args: JSON) -> JSON:
     try:
         if not base.is_dir():
             raise ToolError(f"not a directory: {rel or '.'}", status=404)
-    except OSError as err:
-        raise os_error(err, f"list {rel!r}") from None
-    root = workspace.resolve()
-    entries: list[str] = []
-    # Unreadable directories below are skipped (os.walk's default), not an error.
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d != ".git")
-        for name in sorted(filenames):
-            entries.append(str(Path(dirpath, name).relative_to(root)))
+        entries: list[str] = []
+        # Unreadable directories below are skipped (os.fwalk's default), not an error.
+        for name in beneath.walk_files(workspace, _rel(workspace, base)):
+            entries.append(name)
             if len(entries) > MAX_LIST:
                 return {"entries": entries[:MAX_LIST], "truncated": True}
+    except OSError as err:
+        raise os_error(err, f"list {rel!r}") from None
     return {"entries": entries, "truncated": False}
+
+
+def _rel(workspace: Path, path: Path) -> str:
+    """`path` (from `confine`) relative to the workspace, to be opened from it."""
+    return str(path.relative_to(workspace.resolve())).removeprefix(".")
 
 
 def exec_path() -> str:
@@ -214,14 +216,13 @@ def shell_exec(workspace: Path, args: JSON) -> JSON:
         history = gitws.git_dir(workspace) if "**" in read else None
         if history is not None and not history.is_dir():
             history = None
-        preexec = _limits
         if abi >= 1:
             extra = [d for d in exec_path().split(":") if d not in CLEAN_PATH.split(":")]
             if history is not None and history.parent != workspace:
                 extra.append(str(history))
             plan = sandbox.confinement(workspace, read, write, scratch, extra)
-            fd = sandbox.build_ruleset(abi, plan.rules)
-            preexec = _confined(sandbox.restrictor(fd))
+            fd = sandbox.build_ruleset(abi, plan.rules, workspace, plan.beneath)
+        preexec = _confined(sandbox.restrictor(fd if fd >= 0 else None))
         answer = _run(argv, workspace, exec_env(workspace, scratch, history), timeout, preexec)
     finally:
         if fd >= 0:
@@ -240,18 +241,44 @@ _RUNNING_LOCK = threading.Lock()
 
 
 def _reap_orphans() -> None:
-    """Collect the exit of programs' orphans re-parented to this server (it is their
-    subreaper, or PID 1 in its container); the calls still running are left alone."""
-    children: set[int] = set()
+    """End what programs left behind. As subreaper (or PID 1 in its container) this server
+    inherits every orphan of the programs it ran, those that left their process group
+    (`setsid`) included: each is killed and collected. Spared: this server's own
+    session (its git), and the sessions of calls still running."""
+    mine = os.getsid(0)
+    for _ in range(10):
+        doomed = []
+        for pid in _children():
+            state, session = _stat(pid)
+            with _RUNNING_LOCK:
+                running = pid in _RUNNING or session in _RUNNING
+            if running or session in (mine, 0):
+                continue
+            if state == "Z" or sandbox.is_subreaper():  # the dead are collected in any case
+                doomed.append(pid)
+        if not doomed:
+            return
+        for pid in doomed:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+
+def _children() -> set[int]:
+    out: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
         with contextlib.suppress(OSError):
-            children.update(int(p) for p in (task / "children").read_text().split())
-    with _RUNNING_LOCK:
-        children -= _RUNNING
-    for pid in children:
-        with contextlib.suppress(OSError, IndexError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                os.waitpid(pid, os.WNOHANG)
+            out.update(int(p) for p in (task / "children").read_text().split())
+    return out
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """(state, session id) of a process; ("", 0) when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[3])
+    except (OSError, IndexError, ValueError):
+        return "", 0
 
 
 def _limits() -> None:
@@ -301,12 +328,17 @@ def _run(
     with selectors.DefaultSelector() as sel:
         for stream in (proc.stdout, proc.stderr):
             sel.register(stream, selectors.EVENT_READ)
+        ended: float | None = None
         while sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 timed_out = True
                 break
-            for key, _ in sel.select(min(left, 1.0)):
+            if ended is None and proc.poll() is not None:
+                ended = now
+            if ended is not None and now - ended > EXIT_GRACE:
+                break  # the program ended; what holds its output open is a leftover
+            for key, _ in sel.select(min(deadline - now, 0.1 if ended else 0.5)):
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toka.paths import glob_regex
+from toka.tools import beneath
 
 # System call numbers are the same on every architecture (generic table, Linux 5.13+).
 SYS_CREATE_RULESET = 444
@@ -84,6 +86,7 @@ SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 DEVICES_RW = ("/dev/null", "/dev/zero", "/dev/full")
 DEVICES_RO = ("/dev/urandom", "/dev/random")
 MAX_MATCHES = 10_000
+_FILE = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -126,9 +129,9 @@ def handled_fs(abi: int) -> int:
 
 def guarantees(abi: int) -> list[str]:
     """What a ruleset enforces at this ABI, in the words the Agent's status uses."""
-    if abi < 1:
-        return []
-    out = ["filesystem"]
+    out = []
+    if abi >= 1:
+        out.append("filesystem")
     if abi >= 3:
         out.append("truncate")
     if abi >= 4:
@@ -137,16 +140,19 @@ def guarantees(abi: int) -> list[str]:
         out.append("deviceIoctl")
     if abi >= 6:
         out += ["signals", "abstractUnixSockets"]
+    if socket_filter() is not None:
+        out.append("unixSocketsOnly")
     return out
 
 
 @dataclass
 class Confinement:
-    """The places a program may read and write, as absolute paths with Landlock rights."""
+    """The places a program may read and write, with their Landlock rights: absolute
+    paths outside the workspace (`rules`), and paths inside it (`beneath`: relative,
+    whole tree or one file), opened later without following any symlink."""
 
     rules: list[tuple[str, int]] = field(default_factory=list)
-    # Writable grants whose directory did not exist yet (made so the rule has something to name).
-    made: list[str] = field(default_factory=list)
+    beneath: list[tuple[str, int, bool]] = field(default_factory=list)
 
 
 def literal_prefix(glob: str) -> tuple[list[str], list[str]]:
@@ -158,6 +164,22 @@ def literal_prefix(glob: str) -> tuple[list[str], list[str]]:
     return segments, []
 
 
+@functools.cache
+def system_read() -> tuple[str, ...]:
+    """Where programs and their libraries live, read-only. `/etc` entry by entry where an
+    `/etc/toka` exists (Toka's own configuration on a developer's machine; pods mount
+    nothing there for tools): what it holds reaches the agent only through its grants."""
+    if not os.path.exists("/etc/toka"):
+        return tuple(p for p in SYSTEM_READ if os.path.isdir(p))
+    out = [p for p in SYSTEM_READ if p != "/etc" and os.path.isdir(p)]
+    with contextlib.suppress(OSError), os.scandir("/etc") as entries:
+        for entry in entries:
+            real = os.path.realpath(entry.path)
+            if entry.name != "toka" and not real.startswith(("/proc/", "/sys/", "/etc/toka")):
+                out.append(entry.path)
+    return tuple(sorted(out))
+
+
 def confinement(
     workspace: Path,
     read: Iterable[str],
@@ -166,11 +188,9 @@ def confinement(
     extra_read: Sequence[str] = (),
 ) -> Confinement:
     """The rules for a program run in `workspace` under these `fs:` globs."""
-    root = workspace.resolve()
     out = Confinement()
-    for path in (*SYSTEM_READ, *extra_read):
-        if os.path.isdir(path):
-            out.rules.append((path, READ))
+    for path in (*system_read(), *extra_read):
+        out.rules.append((path, READ))
     for path in DEVICES_RW:
         if os.path.exists(path):
             out.rules.append((path, FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE | FS_IOCTL_DEV))
@@ -181,55 +201,43 @@ def confinement(
     # Write grants give no read: a program reads only where an fs:read grant says it may.
     for globs, rights in ((read, READ), (write, WRITE)):
         for glob in globs:
-            for path, is_tree in _glob_targets(
-                root, glob, make=rights & FS_WRITE_FILE != 0, out=out
-            ):
-                out.rules.append((path, rights if is_tree else rights & FILE_RIGHTS))
+            for rel, is_tree in _glob_targets(workspace, glob, make=rights == WRITE):
+                out.beneath.append((rel, rights if is_tree else rights & FILE_RIGHTS, is_tree))
     return out
 
 
-def _glob_targets(root: Path, glob: str, *, make: bool, out: Confinement) -> list[tuple[str, bool]]:
-    """(path, whole tree?) for one glob: its directory for `dir/**`, else the files matching."""
+def _glob_targets(workspace: Path, glob: str, *, make: bool) -> list[tuple[str, bool]]:
+    """(relative path, whole tree?) for one glob: its directory for `dir/**` (made if it
+    is a write grant's and missing), else the files matching it now."""
     prefix, rest = literal_prefix(glob)
-    base = root.joinpath(*prefix)
-    if base.is_symlink() or not _plain(root, base):
-        # A rule names the inode a path leads to: through a symlink that is somewhere the
-        # grant may not name (`public` -> `private`, made by an earlier program).
-        return []
+    base = "/".join(prefix)
     if rest == ["**"] or (not rest and not prefix):
-        if not base.exists() and make:
-            base.mkdir(parents=True, exist_ok=True)
-            out.made.append(str(base))
-        return [(str(base), True)] if base.is_dir() else []
+        if make:
+            with contextlib.suppress(OSError):
+                beneath.make_dirs(workspace, base)
+        return [(base, True)]
     if not rest:
-        return [(str(base), False)] if base.is_file() else []
-    if not base.is_dir():
-        return []
+        return [(base, False)]
     pattern = glob_regex(glob)
     found: list[tuple[str, bool]] = []
-    skip = len(str(root)) + 1
-    stack = [str(base)]
-    while stack and len(found) < MAX_MATCHES:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != ".git":
-                        stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and pattern.fullmatch(entry.path[skip:]):
-                    found.append((entry.path, False))
-    return found[:MAX_MATCHES]
+    with contextlib.suppress(OSError):
+        for rel in beneath.walk_files(workspace, base):
+            if pattern.fullmatch(rel):
+                found.append((rel, False))
+                if len(found) >= MAX_MATCHES:
+                    break
+    return found
 
 
-def _plain(root: Path, path: Path) -> bool:
-    """Whether `path` (under the resolved `root`) has no symlink on its way: it is its own
-    real path. A path not made yet counts as plain where its existing part is."""
-    while not path.exists() and path != root and root in path.parents:
-        path = path.parent
-    return os.path.realpath(path) == str(path)
-
-
-def build_ruleset(abi: int, rules: Iterable[tuple[str, int]]) -> int:
-    """A Landlock ruleset file descriptor holding `rules`; handles every right the ABI knows."""
+def build_ruleset(
+    abi: int,
+    rules: Iterable[tuple[str, int]],
+    workspace: Path | None = None,
+    inside: Iterable[tuple[str, int, bool]] = (),
+) -> int:
+    """A Landlock ruleset file descriptor holding `rules` (absolute paths) and `inside`
+    (paths in `workspace`, opened following no symlink: a rule lands on what the grant
+    names or nowhere); handles every right the ABI knows."""
     fs_rights = handled_fs(abi)
     attr = _RulesetAttr(
         handled_access_fs=fs_rights,
@@ -243,39 +251,130 @@ def build_ruleset(abi: int, rules: Iterable[tuple[str, int]]) -> int:
         raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
     try:
         for path, rights in rules:
-            try:
-                target = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # gone since it was listed: nothing to allow
-            try:
-                is_dir = stat.S_ISDIR(os.fstat(target).st_mode)
-                allowed = rights & fs_rights & (~0 if is_dir else FILE_RIGHTS)
-                beneath = _PathBeneathAttr(allowed_access=allowed, parent_fd=target)
-                if allowed and _syscall(
-                    SYS_ADD_RULE, fd, RULE_PATH_BENEATH, ctypes.byref(beneath), 0
-                ):
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"landlock_add_rule {path}: {os.strerror(err)}")
-            finally:
-                os.close(target)
+            with contextlib.suppress(OSError):  # gone since it was listed: nothing to allow
+                _add_rule(fd, os.open(path, os.O_PATH | os.O_CLOEXEC), rights & fs_rights, path)
+        parents: dict[str, int] = {}  # a narrow glob's files share a few directories
+        try:
+            for rel, rights, tree in inside:
+                assert workspace is not None
+                try:
+                    if tree:
+                        target = beneath.open_beneath(workspace, rel, os.O_PATH | os.O_DIRECTORY)
+                    else:
+                        parent, _, name = rel.rpartition("/")
+                        if parent not in parents:
+                            parents[parent] = beneath.open_beneath(
+                                workspace, parent, os.O_PATH | os.O_DIRECTORY
+                            )
+                        target = os.open(name, _FILE, dir_fd=parents[parent])
+                except OSError:
+                    continue  # missing, or a symlink on the way: nothing to allow
+                _add_rule(fd, target, rights & fs_rights, rel)
+        finally:
+            for parent_fd in parents.values():
+                os.close(parent_fd)
     except BaseException:
         os.close(fd)
         raise
     return int(fd)
 
 
-def restrictor(ruleset_fd: int) -> Callable[[], None]:
-    """What the child runs between fork and exec: no new privileges, then the ruleset."""
+def _add_rule(ruleset: int, target: int, rights: int, name: str) -> None:
+    """Allow `rights` beneath the open `target` (closed here): all of them on a directory,
+    the file ones on a regular file, none on anything else (a symlink, a device)."""
+    try:
+        mode = os.fstat(target).st_mode
+        if stat.S_ISDIR(mode):
+            allowed = rights
+        elif stat.S_ISREG(mode) or stat.S_ISCHR(mode):
+            allowed = rights & FILE_RIGHTS
+        else:
+            return
+        attr = _PathBeneathAttr(allowed_access=allowed, parent_fd=target)
+        if allowed and _syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(attr), 0):
+            err = ctypes.get_errno()
+            raise OSError(err, f"landlock_add_rule {name}: {os.strerror(err)}")
+    finally:
+        os.close(target)
+
+
+def restrictor(ruleset_fd: int | None) -> Callable[[], None]:
+    """What the child runs between fork and exec: no new privileges, the socket filter,
+    then the ruleset (None: no Landlock here)."""
+    program = socket_filter()
 
     def restrict() -> None:
         if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if _syscall(SYS_RESTRICT_SELF, ruleset_fd, 0) != 0:
+        if program is not None and _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, program, 0, 0):
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+        if ruleset_fd is not None and _syscall(SYS_RESTRICT_SELF, ruleset_fd, 0) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self")
 
     return restrict
 
 
+# Landlock (ABI <= 7) covers TCP only: a seccomp filter refuses every socket but a Unix
+# one (no UDP, no raw, no netlink) and io_uring, which could open sockets around it.
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+_ARCHES = {"x86_64": (0xC000003E, 41, 0x40000000), "aarch64": (0xC00000B7, 198, 0xFFFFFFFF)}
+_IO_URING_SETUP = 425
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+@functools.cache
+def socket_filter() -> ctypes._Pointer[_SockFprog] | None:
+    """The filter program for this machine's architecture; None where it is not known."""
+    known = _ARCHES.get(os.uname().machine)
+    if known is None:
+        return None
+    arch, socket_nr, foreign = known
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, refuse = 0x7FFF0000, 0x00050000 | 13  # SECCOMP_RET_ERRNO | EACCES
+    code = [
+        (ld, 0, 0, 4),  # arch
+        (jeq, 0, 7, arch),
+        (ld, 0, 0, 0),  # system call number
+        (jge, 4, 0, foreign),  # x32 calls on x86_64
+        (jeq, 3, 0, _IO_URING_SETUP),
+        (jeq, 0, 3, socket_nr),
+        (ld, 0, 0, 16),  # socket()'s domain
+        (jeq, 1, 0, 1),  # AF_UNIX
+        (ret, 0, 0, refuse),
+        (ret, 0, 0, allow),
+    ]
+    filters = (_SockFilter * len(code))(*(_SockFilter(*c) for c in code))
+    prog = _SockFprog(len(code), ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
+    _KEEP.append(filters)
+    return ctypes.pointer(prog)
+
+
+_KEEP: list[object] = []
+
+
+_SUBREAPER: list[bool] = []
+
+
 def become_subreaper() -> None:
     """Orphaned descendants are re-parented to this process instead of PID 1."""
-    _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
+        _SUBREAPER.append(True)
+
+
+def is_subreaper() -> bool:
+    """Whether the orphans of what this process started are its own (it asked, or it is
+    its PID namespace's init)."""
+    return bool(_SUBREAPER) or os.getpid() == 1

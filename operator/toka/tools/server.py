@@ -42,8 +42,11 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         # A program the agent runs here is confined by Landlock, but a Unix socket's path is
         # not a file it opens: it could still connect and ask for any tool, unchecked. Only
-        # the kernel may; what this server started (or what they started) may not.
-        spawned = descends_from(peer_pid(self.request), os.getpid())
+        # the kernel may; what this server started (or what they started) may not, and
+        # is answered before a byte of its request is read.
+        if not trusted_peer(peer_pid(self.request), os.getpid()):
+            self._reply(403, {"error": "not for programs run by tools"}, close=True)
+            return
         while True:
             try:
                 request = self._read_request()
@@ -53,9 +56,6 @@ class _Handler(socketserver.StreamRequestHandler):
             if request is None:
                 return
             method, path, body, keep_alive = request
-            if spawned and path != "/healthz":
-                self._reply(403, {"error": "not for programs run by tools"}, close=True)
-                return
             status, answer = self._dispatch(method, path, body)
             self._reply(status, answer, close=not keep_alive)
             if not keep_alive:
@@ -164,18 +164,23 @@ def peer_pid(sock: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[0])
 
 
-def descends_from(pid: int, ancestor: int) -> bool:
-    """Whether `pid` is `ancestor`'s child, grandchild… (0: a process of another PID
-    namespace, such as the kernel's container, is not)."""
+def trusted_peer(pid: int, me: int) -> bool:
+    """Whether the process that connected is not one this server started, nor one they
+    started: in another PID namespace (0: the kernel's container), this process itself
+    (the kernel in tests), or one whose ancestry is known and does not pass through
+    `me`. Fails closed: a peer gone before it is looked at (it connected, handed the
+    socket on and exited) is untrusted."""
+    if pid in (0, me):
+        return True
     for _ in range(4096):
-        if pid <= 1 or pid == ancestor:
-            return False
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-        if pid == ancestor:
+        if pid == me:
+            return False
+        if pid <= 1:
             return True
     return False
 
@@ -198,7 +203,8 @@ def main(argv: list[str]) -> int:
     if "--probe" in argv:
         return probe(path)
     workspace = Path(os.environ.get("TOKA_WORKSPACE", "/workspace"))
-    # Orphans of the programs it runs become its children, so `descends_from` sees them all.
+    # Orphans of the programs it runs become its children: `trusted_peer` sees them all,
+    # and each call's leftovers are killed.
     sandbox.become_subreaper()
     state = prepare_workspace(workspace, os.environ)
     if state["state"] == "Ready":

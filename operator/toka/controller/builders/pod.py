@@ -38,14 +38,16 @@ JSON = dict[str, Any]
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 KEY_DIR = "/etc/toka/llm"
 REPLAY_DIR = "/etc/toka/replay"
-SEED_DIR = "/etc/toka/seed"
 SOCKET_DIR = "/run/toka"
 GIT_TOKEN_FILE = f"{SOCKET_DIR}/git-token"
 GIT_CREDENTIALS_DIR = "/etc/toka/git"
-INPUTS_DIR = "/etc/toka/inputs"
-RESULT_DIR = "/etc/toka/result"
 WORKSPACE = "/workspace"
-# The workspace's repository, outside the work tree: programs the agent runs never reach it.
+# The tools container's inputs and the workspace's repository: outside the work tree and
+# outside the system directories programs may read (their content reaches the agent only
+# through its grants).
+SEED_DIR = "/var/lib/toka/seed"
+INPUTS_DIR = "/var/lib/toka/inputs"
+RESULT_DIR = "/var/lib/toka/result"
 GIT_DIR = "/var/lib/toka/git"
 KERNEL_UID, TOOLS_UID, AGENT_UID = 10001, 10002, 10003
 
