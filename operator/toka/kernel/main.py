@@ -144,6 +144,8 @@ async def serve(config: KubeConfig | None = None) -> None:
             reporter=reporter,
             remote=remote,
         )
+        # Pod-local, but a credential all the same: never in status or the audit log.
+        redactor.add(results.git_token)
         if os.environ.get("TOKA_GIT_TOKEN_FILE"):
             results.write_token(os.environ["TOKA_GIT_TOKEN_FILE"])
     kernel = Kernel(
