@@ -1,11 +1,14 @@
 """The tool implementations, confined to the workspace.
 
-Paths are relative; absolute paths, `..` and NUL bytes are refused before
-touching the disk, and the resolved path (symlinks followed) must stay
-inside the workspace. Files are opened with O_NOFOLLOW so a symlink swapped
-in after the check is not followed either. Programs run from argv (never a
-shell string), in the workspace, with a clean environment, a timeout and an
-output cap.
+Paths arrive in the canonical spelling the kernel checked (`toka.paths`);
+absolute paths, `..` and NUL bytes are refused before touching the disk.
+Files are opened from the workspace's own descriptor one component at a
+time, following no symlink (`beneath`): the kernel sends a symlink's real
+target, checked against the grant, and one swapped in afterwards is refused.
+Programs run from argv (never a shell string), in the workspace, confined by
+Landlock from the agent's grants (`sandbox`), with a clean environment, a
+timeout that ends their process group and what they leave behind, a process
+limit and an output cap applied while reading.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ Linux kernel before exec, and everything it spawns inherits the confinement:
 - files: read (and run) only what an `fs:read` grant covers, write only what
   an `fs:write` grant covers, plus read-only system directories (programs and
   their libraries) and a private scratch directory (HOME and TMPDIR);
-- network: no TCP connect or bind at all (ABI 4+); `http.fetch` in the kernel
-  is the agent's only way out;
+- network: no TCP connect or bind at all (ABI 4+), and a seccomp filter
+  allows no socket but a Unix one (no UDP, raw or netlink; no io_uring);
+  `http.fetch` in the kernel is the agent's only way out;
 - scopes (ABI 6+): no signal to, and no abstract Unix socket of, a process
   outside the confinement (the tools server, the kernel).
 
@@ -19,8 +20,11 @@ the files that match it when the program starts — existing files only, so a
 program cannot create new files under a narrow write grant (the fs.write tool
 can). Confinement is never wider than the grant.
 
+Workspace paths are opened for their rules following no symlink (`beneath`): a
+directory swapped for a symlink while the rules are made grants nothing.
+
 Stdlib only (ctypes): the tools sidecar stays small. Building the ruleset
-happens in the tools process; the child does two system calls before exec.
+happens in the tools process; the child makes three system calls before exec.
 """
 
 from __future__ import annotations
