@@ -444,9 +444,9 @@ def test_programs_see_the_history_only_when_every_path_is_granted(
     assert (answer["exit_code"] == 0) is sees_history
 
 
-def test_a_program_that_leaves_its_session_ends_with_its_call(tmp_path: Path) -> None:
-    """`setsid` escapes the process group the timeout kills; the tools server (subreaper
-    of what it runs) ends such leftovers when the call returns."""
+def test_programs_that_leave_their_session_end_with_their_call(tmp_path: Path) -> None:
+    """`setsid` escapes the process group the timeout kills, at any depth; the tools server
+    (subreaper of what it runs) ends such leftovers when the call returns."""
     ws, sock = tmp_path / "ws", tmp_path / "tools.sock"
     ws.mkdir()
     env = {
@@ -458,27 +458,56 @@ def test_a_program_that_leaves_its_session_ends_with_its_call(tmp_path: Path) ->
     server = subprocess.Popen(
         [sys.executable, "-m", "toka.cli", "tools"], env=env, stdout=subprocess.DEVNULL
     )
+    # A chain twenty deep, each in its own session, each waiting for the next and
+    # recording its PID; the program itself (the leader) returns after a second.
     script = """
-import os, sys, time
-child = os.fork()
-if child == 0:
+import os, time
+for level in range(20):
+    child = os.fork()
+    if child:
+        if level == 0:
+            time.sleep(1)
+            os._exit(0)
+        os.waitpid(child, 0)
+        os._exit(0)
     os.setsid()
-    time.sleep(120)
-    os._exit(0)
-print(child)
+    open("out/pids", "a").write(f"{os.getpid()}\\n")
+time.sleep(120)
 """
     try:
         for _ in range(200):
             if sock.exists():
                 break
             time.sleep(0.05)
+        (ws / "out").mkdir()
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=30) as tools:
             answer = tools.post(
                 "http://tools/shell.exec",
-                json={"argv": ["python3", "-c", script], "confine": confine()},
+                json={"argv": ["python3", "-c", script], "confine": confine(write=["out/**"])},
             ).json()
         assert answer["exit_code"] == 0, answer
-        assert gone(int(answer["stdout"]))
+        pids = [int(p) for p in (ws / "out" / "pids").read_text().split()]
+        assert len(pids) == 20
+        assert all(gone(pid) for pid in pids)
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="int 0x80 is x86_64's other ABI")
+def test_no_socket_through_the_32_bit_system_call_interface(tmp_path: Path) -> None:
+    """A 64-bit program may make 32-bit calls (int 0x80), which have other numbers: the
+    filter refuses every call of another ABI rather than letting them all through."""
+    script = """
+import ctypes, mmap
+# mov eax, 359 (i386 socket); ebx = AF_INET; ecx = SOCK_DGRAM; edx = 0; int 0x80
+code = (b"\\x53\\xb8" + (359).to_bytes(4, "little") + b"\\xbb\\x02\\0\\0\\0"
+        + b"\\xb9\\x02\\0\\0\\0\\xba\\0\\0\\0\\0\\xcd\\x80\\x5b\\xc3")
+page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+call = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+print(call())
+"""
+    answer = ops.shell_exec(tmp_path, {"argv": ["python3", "-c", script], "confine": confine()})
+    assert answer["exit_code"] == 0, answer
+    assert int(answer["stdout"]) < 0  # -EACCES: no descriptor

@@ -98,7 +98,9 @@ def estimate_input_tokens(request: CompletionRequest) -> int:
     as CJK, spend 4x the budget); plus a few tokens a message and the providers'
     tool-use preamble."""
     size = sum(
-        _utf8(m.content) + sum(_utf8(c.name) + _utf8(json.dumps(c.arguments)) for c in m.tool_calls)
+        _utf8(m.content)
+        + _utf8(m.tool_call_id or "")
+        + sum(_utf8(c.id) + _utf8(c.name) + _utf8(json.dumps(c.arguments)) for c in m.tool_calls)
         for m in request.messages
     )
     size += sum(

@@ -249,7 +249,9 @@ def _reap_orphans() -> None:
     (`setsid`) included: each is killed and collected. Spared: this server's own
     session (its git), and the sessions of calls still running."""
     mine = os.getsid(0)
-    for _ in range(10):
+    # A pass ends the server's children; their children are its children next (it is
+    # their subreaper): as many passes as there can be processes.
+    for _ in range(MAX_PROCESSES):
         doomed = []
         for pid in _children():
             state, session = _stat(pid)
@@ -304,25 +306,27 @@ def _run(
     """Run to the end or the timeout, keeping the last MAX_OUTPUT bytes of each stream as
     they come (a program printing gigabytes costs no memory), then kill its process group."""
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            # Between fork and exec: a few system calls, no lock another thread could hold.
-            preexec_fn=preexec,
-        )
+        # Held until the program is known as running: another call's reaper must not
+        # take it for a leftover in between.
+        with _RUNNING_LOCK:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                # Between fork and exec: a few system calls, no lock another thread holds.
+                preexec_fn=preexec,
+            )
+            _RUNNING.add(proc.pid)
     except FileNotFoundError:
         raise ToolError(f"program not found: {argv[0]}", status=404) from None
     except PermissionError as err:
         raise ToolError(f"cannot run {argv[0]}: {err.strerror}", status=403) from None
     assert proc.stdout is not None
     assert proc.stderr is not None
-    with _RUNNING_LOCK:
-        _RUNNING.add(proc.pid)
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     tails = {out_fd: bytearray(), err_fd: bytearray()}
     seen = dict.fromkeys(tails, 0)

@@ -319,7 +319,8 @@ def restrictor(ruleset_fd: int | None) -> Callable[[], None]:
 
 
 # Landlock (ABI <= 7) covers TCP only: a seccomp filter refuses every socket but a Unix
-# one (no UDP, no raw, no netlink) and io_uring, which could open sockets around it.
+# one (no UDP, no raw, no netlink), io_uring (which could open sockets around it), and
+# every call through another ABI (x86_64's int 0x80, x32), which has other numbers.
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 _ARCHES = {"x86_64": (0xC000003E, 41, 0x40000000), "aarch64": (0xC00000B7, 198, 0xFFFFFFFF)}
@@ -350,7 +351,7 @@ def socket_filter() -> ctypes._Pointer[_SockFprog] | None:
     allow, refuse = 0x7FFF0000, 0x00050000 | 13  # SECCOMP_RET_ERRNO | EACCES
     code = [
         (ld, 0, 0, 4),  # arch
-        (jeq, 0, 7, arch),
+        (jeq, 0, 6, arch),  # another ABI (int 0x80 on x86_64): refused, every call
         (ld, 0, 0, 0),  # system call number
         (jge, 4, 0, foreign),  # x32 calls on x86_64
         (jeq, 3, 0, _IO_URING_SETUP),
