@@ -459,14 +459,15 @@ def test_programs_that_leave_their_session_end_with_their_call(tmp_path: Path) -
         [sys.executable, "-m", "toka.cli", "tools"], env=env, stdout=subprocess.DEVNULL
     )
     # A chain twenty deep, each in its own session, each waiting for the next and
-    # recording its PID; the program itself (the leader) returns after a second.
+    # recording its PID; the program itself (the leader) returns once all are there.
     script = """
 import os, time
 for level in range(20):
     child = os.fork()
     if child:
         if level == 0:
-            time.sleep(1)
+            while not os.path.exists("out/pids") or len(open("out/pids").read().split()) < 20:
+                time.sleep(0.05)
             os._exit(0)
         os.waitpid(child, 0)
         os._exit(0)
@@ -483,7 +484,10 @@ time.sleep(120)
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=30) as tools:
             answer = tools.post(
                 "http://tools/shell.exec",
-                json={"argv": ["python3", "-c", script], "confine": confine(write=["out/**"])},
+                json={
+                    "argv": ["python3", "-c", script],
+                    "confine": confine(read=["out/**"], write=["out/**"]),
+                },
             ).json()
         assert answer["exit_code"] == 0, answer
         pids = [int(p) for p in (ws / "out" / "pids").read_text().split()]
