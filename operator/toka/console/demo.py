@@ -29,6 +29,7 @@ from toka.console.view import SessionView, render_session
 from toka.devcluster import devctl
 from toka.kube.client import CONFIGMAPS, NAMESPACES, SECRETS, SESSIONS, ApiError, AsyncKube
 from toka.kube.config import load_kubeconfig
+from toka.tools import sandbox
 
 JSON = dict[str, Any]
 SESSION_NAME = "build-stabilization"
@@ -186,6 +187,13 @@ def run(
         examples = examples_dir()
         if provider is not None:
             llm_override(provider, dict(os.environ))  # fail before starting anything
+        if sandbox.abi_version() < 1:
+            # The dev node's pods run on this kernel: their programs would all be refused.
+            raise DemoError(
+                "this machine's kernel has no Landlock, which confines the programs the "
+                "agents run (Linux 5.13+ with Landlock enabled, e.g. lsm=...,landlock); "
+                "see the README's Security model"
+            )
     except DemoError as err:
         console.print(f"[red]toka demo: {err}[/red]")
         return 2
