@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 
 from tests.kernel.stack import Stack, kernel_stack, replay_file
-from tests.llm.test_budget_enforcement import CAP, IDS, KINDS
-from tests.llm.test_providers import KEY, Sleeps
+from tests.llm.test_budget_enforcement import CAP, IDS, KINDS, gateway
+from tests.llm.test_providers import KEY
 from tests.llm_servers import (
     JSON,
     ProviderServer,
@@ -43,19 +43,9 @@ async def kernel_with(
     tmp: Path, kind: str, provider: Provider, budget: TokenBudget | None = None
 ) -> AsyncIterator[tuple[Stack, ProviderServer]]:
     server = await ProviderServer(kind, KEY).start()
-    config = LLMConfig(
-        provider=provider,
-        model="m",
-        base_url=server.url,
-        api_key=KEY,
-        timeout_seconds=5,
-        rate_limit_per_minute=100_000,
-        max_attempts=4,
-        max_tokens=CAP,
-    )
     try:
         async with kernel_stack(tmp, ["llm:complete"]) as stack:
-            stack.kernel.gateway = LLMGateway(config, sleep=Sleeps(), budget=budget)
+            stack.kernel.gateway = gateway(server, provider, budget)
             yield stack, server
     finally:
         await server.stop()
