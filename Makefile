@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toka-installed
 
-.PHONY: demo venv test test-unit lint fmt crds controlplane dev-up dev-down bench bench-smoke clean
+.PHONY: demo venv test test-unit lint fmt crds controlplane testtools dev-up dev-down bench bench-smoke clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,20 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # kube-apiserver, etcd, kube-controller-manager, kubectl: found in
-# $KUBEBUILDER_ASSETS or ~/.cache/toka, else built from their Go modules (once).
+# $KUBEBUILDER_ASSETS or ~/.cache/toka, else built from their Go modules (once);
+# helm (for the chart's tests) likewise into ~/.cache/toka.
 controlplane: $(STAMP)
 	$(BIN)/toka dev binaries
+
+# The tests also need Jaeger v2 (the tracing tests' OTLP receiver); the demo does not.
+testtools: $(STAMP)
+	$(BIN)/toka dev binaries --with-jaeger
 
 # The main job: a real session on the built-in dev cluster, with live progress.
 demo: controlplane
 	$(BIN)/toka demo
 
-test: controlplane
+test: testtools
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
@@ -46,18 +51,22 @@ crds: $(STAMP)
 	$(BIN)/toka crds
 
 # Benchmarks print their baseline (measured in the same run) and a ratio; never asserted.
-bench: controlplane
+bench: testtools
 	$(BIN)/python -m bench.llm_gateway_overhead
 	$(BIN)/python -m bench.kernel_agent
 	$(BIN)/python -m bench.operator_scale
 	$(BIN)/python -m bench.results_flow
 	$(BIN)/python -m bench.confinement
+	$(BIN)/python -m bench.tracing
+	$(BIN)/python -m bench.kube_credentials
 
-bench-smoke: controlplane
+bench-smoke: testtools
 	$(BIN)/python -m bench.llm_gateway_overhead --smoke
 	$(BIN)/python -m bench.kernel_agent --smoke
 	$(BIN)/python -m bench.results_flow --smoke
 	$(BIN)/python -m bench.confinement --smoke
+	$(BIN)/python -m bench.tracing --smoke
+	$(BIN)/python -m bench.kube_credentials --smoke
 
 dev-up: controlplane
 	$(BIN)/toka dev up

@@ -45,8 +45,8 @@ from toka.kernel.policy import Policy
 from toka.kernel.reporter import Reporter
 from toka.kernel.server import Kernel
 from toka.kube.client import AGENTS, CONFIGMAPS, PODS, AsyncKube
-from toka.kube.config import load_kubeconfig
 from toka.kube.crds import apply_cluster_manifests, ensure_crds
+from toka.kube.kubeconfig import load_kubeconfig
 from toka.llm.sanitize import Redactor
 
 JSON = dict[str, Any]

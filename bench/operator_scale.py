@@ -39,8 +39,8 @@ from toka.kube.client import (
     SESSIONS,
     AsyncKube,
 )
-from toka.kube.config import load_kubeconfig
 from toka.kube.crds import ensure_crds
+from toka.kube.kubeconfig import load_kubeconfig
 
 JSON = dict[str, Any]
 

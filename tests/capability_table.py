@@ -1,6 +1,9 @@
 """One table of capability strings, checked against the Python grammar (unit) and
 the CRD's generated pattern on the real API server (integration)."""
 
+# The MCP servers the table's mcp: capabilities name; the API server refuses others.
+MCP_SERVERS = ["docs", "issue-tracker"]
+
 VALID = [
     "llm:complete",
     "agent:spawn",
@@ -16,6 +19,10 @@ VALID = [
     "net:http:*",
     "net:http:*.python.org",
     "net:http:api.github.com",
+    "mcp:docs:*",
+    "mcp:docs:search_*",
+    "mcp:issue-tracker:get_issue",
+    "mcp:docs:v2.fetch-?",
     "filesystem-read",
     "filesystem-write",
     "cargo-execution",
@@ -45,6 +52,15 @@ INVALID = [
     "net:http:http://example.com",
     "net:http:*example.com",
     "net:http:EXAMPLE.com",
+    "mcp:docs",
+    "mcp:docs:",
+    "mcp::search",
+    "mcp:Docs:search",
+    "mcp:-docs:search",
+    "mcp:docs:a/b",
+    "mcp:docs:search pages",
+    "mcp:docs:search:more",
+    "mcp:" + "d" * 64 + ":search",
     "filesystem-delete",
     "fs:read:" + "a" * 250,
 ]

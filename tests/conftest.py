@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,8 @@ from toka.api.crdgen import all_crds
 from toka.devcluster.binaries import ensure_binaries
 from toka.devcluster.controlplane import ControlPlane, die_with_parent
 from toka.kube.client import NAMESPACES, NODES, SERVICEACCOUNTS, ApiError, AsyncKube
-from toka.kube.config import load_kubeconfig
 from toka.kube.crds import apply_cluster_manifests, ensure_crds
+from toka.kube.kubeconfig import load_kubeconfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,10 +179,11 @@ def node_agent(
 class OperatorProcess:
     """`toka operator` as a real process for one namespace; it can be killed and restarted."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, extra_args: Sequence[str] = ()):
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log = log
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -198,6 +199,7 @@ class OperatorProcess:
                     "--no-liveness",
                     "--namespace",
                     self.namespace,
+                    *self.extra_args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

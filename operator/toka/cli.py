@@ -3,6 +3,7 @@
     toka demo            a real session on the built-in dev cluster, with live progress
     toka status          a session's agents, tasks, progress and tokens (any cluster)
     toka export          a session's result as a patch, a directory or a git bundle
+    toka record          run a session on a real provider and keep replay recordings
     toka crds            write crds/*.yaml (and the chart's copies) from the API models
     toka dev up|down     the development cluster, with the CRDs installed
     toka dev binaries    find or build the control plane (cached outside the clone)
@@ -61,7 +62,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     if args.dev_command == "env":
         return devctl.env(Path(args.state_dir))
     if args.dev_command == "binaries":
-        from toka.devcluster.binaries import ensure_binaries, ensure_helm
+        from toka.devcluster.binaries import ensure_binaries, ensure_helm, ensure_jaeger
 
         found = ensure_binaries()
         for path in (
@@ -70,6 +71,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             found.kube_controller_manager,
             found.kubectl,
             ensure_helm(),
+            *([ensure_jaeger()] if args.with_jaeger else []),
         ):
             print(path)
         return 0
@@ -79,17 +81,25 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 def _cmd_node_agent(args: argparse.Namespace) -> int:
     from toka.devcluster import nodeagent
 
-    return nodeagent.main(Path(args.root), args.kubeconfig)
+    return nodeagent.main(Path(args.root), args.kubeconfig, args.context)
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
     from toka.controller.main import run
+    from toka.kube.kubeconfig import ConfigError, from_env
 
+    try:
+        kube = from_env(args.context, args.kubeconfig)
+    except ConfigError as err:
+        print(f"toka operator: {err}", file=sys.stderr)
+        return 2
     run(
         namespaces=args.namespace,
         liveness=None if args.no_liveness else args.liveness,
         image=args.image,
         verbose=args.verbose,
+        kube=kube,
+        metrics=args.metrics_addr,
     )
     return 0
 
@@ -110,10 +120,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import asyncio
 
     from toka.console.status import show
-    from toka.kube.config import ConfigError, from_env, load_kubeconfig
+    from toka.kube.kubeconfig import ConfigError, from_env
 
     try:
-        config = load_kubeconfig(args.kubeconfig) if args.kubeconfig else from_env()
+        config = from_env(args.context, args.kubeconfig)
     except ConfigError as err:
         print(f"toka status: {err}", file=sys.stderr)
         return 2
@@ -124,10 +134,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import asyncio
 
     from toka.console.export import ExportError, export
-    from toka.kube.config import ConfigError, from_env, load_kubeconfig
+    from toka.kube.kubeconfig import ConfigError, from_env
 
     try:
-        config = load_kubeconfig(args.kubeconfig) if args.kubeconfig else from_env()
+        config = from_env(args.context, args.kubeconfig)
         said = asyncio.run(
             export(
                 config,
@@ -143,6 +153,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 1
     print(said, file=sys.stderr)
     return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from toka.console.record import RecordError, record
+    from toka.kube.kubeconfig import ConfigError, from_env
+
+    try:
+        config = from_env(args.context, args.kubeconfig)
+        succeeded, said = asyncio.run(
+            record(
+                config,
+                args.namespace,
+                Path(args.filename),
+                Path(args.out),
+                name=args.name,
+                configmap=args.configmap,
+                timeout=args.timeout,
+            )
+        )
+    except (ConfigError, RecordError) as err:
+        print(f"toka record: {err}", file=sys.stderr)
+        return 2
+    print(said, file=sys.stderr)
+    return 0 if succeeded else 1
 
 
 def _default_state_dir() -> str:
@@ -164,6 +200,25 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from toka.agent.executor import main as agent_main
 
     return agent_main()
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """--kubeconfig and --context, as kubectl has them, for commands that talk to a cluster."""
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file(s), ':'-separated (default: $KUBECONFIG, in-cluster, ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--context", default=None, help="the kubeconfig context (default: its current context)"
+    )
+
+
+def _host_port(value: str) -> str:
+    _, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:8081)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,11 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("down", "stop the dev cluster and remove its state"),
         ("serve", "run the dev cluster in the foreground (what `up` starts in the background)"),
         ("env", "print shell exports for KUBECONFIG and PATH (kubectl)"),
-        ("binaries", "find or build kube-apiserver, etcd, kube-controller-manager, kubectl, helm"),
+        (
+            "binaries",
+            "find or build kube-apiserver, etcd, kube-controller-manager, kubectl, helm",
+        ),
     ]:
         p = dev_sub.add_parser(name, help=text)
         if name in ("up", "serve"):
             p.add_argument("--no-node-agent", action="store_true", help="no pods will run")
+        if name == "binaries":
+            # Only the tracing tests need Jaeger, and its first build takes minutes: not the demo.
+            p.add_argument(
+                "--with-jaeger", action="store_true", help="also Jaeger v2, for the tracing tests"
+            )
     dev.set_defaults(handler=_cmd_dev)
 
     demo = sub.add_parser(
@@ -218,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("session", nargs="?", default=None, help="default: every session")
     status.add_argument("--namespace", "-n", default="default")
     status.add_argument("--watch", "-w", action="store_true", help="follow until it ends")
-    status.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
+    add_cluster_arguments(status)
     status.set_defaults(handler=_cmd_status)
 
     export = sub.add_parser(
@@ -226,12 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("session", help="the AgentSession")
     export.add_argument("--namespace", "-n", default="default")
-    export.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
+    add_cluster_arguments(export)
     form = export.add_mutually_exclusive_group(required=True)
     form.add_argument("--patch", metavar="FILE", help="the changes, for git apply (- for stdout)")
     form.add_argument("--dir", metavar="DIR", help="the result's files, into an empty directory")
     form.add_argument("--bundle", metavar="FILE", help="a git bundle with history (git clone it)")
     export.set_defaults(handler=_cmd_export)
+
+    rec = sub.add_parser(
+        "record",
+        help="run a session on a real provider; save each agent's turns for provider replay",
+    )
+    rec.add_argument("-f", "--filename", required=True, help="a YAML file with one AgentSession")
+    rec.add_argument(
+        "--out", required=True, help="directory for <agent>.json and the ConfigMap manifest"
+    )
+    rec.add_argument("--namespace", "-n", default="default")
+    rec.add_argument("--name", default=None, help="the session's name (default: the file's)")
+    rec.add_argument(
+        "--configmap", default=None, help="the recordings' ConfigMap (default: SESSION-recordings)"
+    )
+    rec.add_argument("--timeout", type=float, default=900, help="seconds (default: 900)")
+    add_cluster_arguments(rec)
+    rec.set_defaults(handler=_cmd_record)
 
     op = sub.add_parser("operator", help="run the operator (Kopf, one replica, standalone)")
     op.add_argument(
@@ -247,8 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="liveness probe endpoint (default: %(default)s)",
     )
     op.add_argument("--no-liveness", action="store_true", help="serve no liveness endpoint")
+    op.add_argument(
+        "--metrics-addr",
+        default=None,
+        metavar="HOST:PORT",
+        type=_host_port,
+        help="serve Prometheus /metrics here, e.g. 0.0.0.0:8081 (default: none)",
+    )
     op.add_argument("--image", default=None, help="Toka image for agent pods")
     op.add_argument("--verbose", "-v", action="store_true")
+    add_cluster_arguments(op)
     op.set_defaults(handler=_cmd_operator)
 
     kernel = sub.add_parser("kernel", help="the kernel sidecar (in an agent pod)")
@@ -260,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node-agent", help="run the dev node agent (dev and tests only)")
     node.add_argument("--root", required=True, help="directory for pod volumes and logs")
-    node.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG")
+    add_cluster_arguments(node)
     node.set_defaults(handler=_cmd_node_agent)
     return parser
 

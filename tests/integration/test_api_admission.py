@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from toka.kube.client import AGENTS, SESSIONS, ApiError, AsyncKube
+from toka.kube.client import AGENTS, SECRETS, SESSIONS, ApiError, AsyncKube
 
 pytestmark = pytest.mark.controlplane
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").rglob("*.yaml"))
+REPO = Path(__file__).parents[2]
+EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
 RESOURCE = {"AgentSession": SESSIONS, "Agent": AGENTS}
 
 
@@ -82,6 +84,19 @@ def _dup_agent(s: dict[str, Any]) -> None:
 
 def _dup_task(s: dict[str, Any]) -> None:
     agents(s)[0]["tasks"].append({"name": "t1", "description": "again"})
+
+
+def mcp_server(name: str = "docs", url: str = "https://docs.example/mcp") -> dict[str, Any]:
+    return {"name": name, "url": url, "headersSecretRef": {"name": "docs-token"}}
+
+
+def _servers(n: int, prefix: str = "m") -> list[dict[str, Any]]:
+    return [mcp_server(f"{prefix}{i}") for i in range(n)]
+
+
+def _too_many_servers_together(s: dict[str, Any]) -> None:
+    s["spec"]["mcpServers"] = _servers(16)
+    agents(s)[0]["mcpServers"] = _servers(1, prefix="own")
 
 
 # (case, mutation, field the message must name, words it must contain)
@@ -191,6 +206,21 @@ INVALID = [
         "replay.configMapRef is required",
     ),
     (
+        "record mode on replay",
+        _set(
+            "spec.llm",
+            {"provider": "replay", "replay": {"configMapRef": {"name": "r"}}, "record": True},
+        ),
+        "spec.llm.record",
+        "record needs a real provider",
+    ),
+    (
+        "an OpenAI organization that is no header value",
+        _set("spec.llm.organization", "org-1\r\nX-Injected: yes"),
+        "spec.llm.organization",
+        "should match",
+    ),
+    (
         "two workspace sources",
         _set("spec.workspace", {"configMap": "w", "git": {"url": "https://x/y.git"}}),
         "spec.workspace",
@@ -231,6 +261,60 @@ INVALID = [
         "workspace size that is not a quantity",
         _set("spec.workspace", {"sizeLimit": "lots"}),
         "spec.workspace.sizeLimit",
+        "should match",
+    ),
+    (
+        "an MCP server URL holding credentials",
+        _set("spec.mcpServers", [mcp_server(url="https://bot:s3cret@docs.example/mcp")]),
+        "spec.mcpServers[0].url",
+        "put them in a Secret named by headersSecretRef",
+    ),
+    (
+        "an agent's MCP server URL holding credentials",
+        _set("spec.agents.0.mcpServers", [mcp_server(url="http://token@docs.example/mcp")]),
+        "spec.agents[0].mcpServers[0].url",
+        "put them in a Secret named by headersSecretRef",
+    ),
+    (
+        "an MCP server URL that is not http(s)",
+        _set("spec.mcpServers", [mcp_server(url="stdio:///usr/bin/mcp-docs")]),
+        "spec.mcpServers[0].url",
+        "should match",
+    ),
+    (
+        "two MCP servers of one name",
+        _set("spec.mcpServers", [mcp_server(), mcp_server(url="https://other.example/mcp")]),
+        "spec.mcpServers[1]",
+        "Duplicate value",
+    ),
+    (
+        "an MCP server name that is not a DNS label",
+        _set("spec.agents.0.mcpServers", [mcp_server(name="Docs_Server")]),
+        "spec.agents[0].mcpServers[0].name",
+        "should match",
+    ),
+    (
+        "more than 16 MCP servers",
+        _set("spec.mcpServers", _servers(17)),
+        "spec.mcpServers",
+        "must have at most 16 items",
+    ),
+    (
+        "more than 16 MCP servers for one agent, the session's and its own",
+        _too_many_servers_together,
+        "spec.agents",
+        "together may name at most 16 servers",
+    ),
+    (
+        "an mcp capability naming no server",
+        _set("spec.agents.0.capabilities", ["mcp:docs:search_*"]),
+        "spec.agents",
+        "every mcp:<server>:<tool-glob> capability must name a server of mcpServers",
+    ),
+    (
+        "an mcp capability with a path for a tool",
+        _set("spec.agents.0.capabilities", ["mcp:docs:search/*"]),
+        "spec.agents[0].capabilities[0]",
         "should match",
     ),
     (
@@ -275,6 +359,60 @@ async def test_the_valid_baseline_is_accepted(kube: AsyncKube, namespace: str) -
     assert created["spec"]["limits"]["requestsPerMinute"] == 60
     assert created["spec"]["failurePolicy"] == "Continue"
     assert created["spec"]["agents"][0]["backoffLimit"] == 2
+
+
+async def test_a_session_with_mcp_servers_and_grants_for_them_is_accepted(
+    kube: AsyncKube, namespace: str
+) -> None:
+    session = valid_session()
+    session["spec"]["mcpServers"] = [mcp_server()]
+    agents(session)[0]["capabilities"] = ["llm:complete", "mcp:docs:search_*", "mcp:wiki:*"]
+    agents(session)[0]["mcpServers"] = [{"name": "wiki", "url": "http://wiki.mcp:8080/mcp"}]
+    created = await kube.create(SESSIONS, session, namespace, field_validation="Strict")
+    assert created["spec"]["mcpServers"] == [mcp_server()]
+    assert created["spec"]["agents"][0]["mcpServers"][0]["name"] == "wiki"
+
+
+async def test_the_readmes_mcp_example_applies_as_written(kube: AsyncKube, namespace: str) -> None:
+    section = (REPO / "README.md").read_text().split("## MCP servers", 1)[1]
+    (snippet,) = re.findall(r"```yaml\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+    secret, session = yaml.safe_load_all(snippet)
+    await kube.create(SECRETS, secret, namespace, field_validation="Strict")
+    created = await kube.create(SESSIONS, session, namespace, field_validation="Strict")
+    assert "mcp:docs:search_*" in created["spec"]["agents"][0]["capabilities"]
+
+
+async def test_an_agent_may_grant_tools_only_of_its_own_mcp_servers(
+    kube: AsyncKube, namespace: str
+) -> None:
+    agent = valid_agent()
+    agent["spec"]["capabilities"] = ["mcp:docs:*"]
+    with pytest.raises(ApiError) as err:
+        await kube.create(AGENTS, agent, namespace, field_validation="Strict")
+    assert "spec.capabilities" in err.value.message
+    assert "must name a server of mcpServers" in err.value.message
+    agent["spec"]["mcpServers"] = [mcp_server()]
+    created = await kube.create(AGENTS, agent, namespace, field_validation="Strict")
+    assert created["spec"]["capabilities"] == ["mcp:docs:*"]
+
+
+async def test_the_kernels_mcp_report_is_accepted_as_status(
+    kube: AsyncKube, namespace: str
+) -> None:
+    agent = valid_agent()
+    agent["spec"]["mcpServers"] = [mcp_server()]
+    await kube.create(AGENTS, agent, namespace)
+    report = {
+        "name": "docs",
+        "ready": False,
+        "reason": "Unreachable",
+        "message": "connect timeout",
+        "tools": ["search_pages", "v2.get-page"],
+    }
+    patched = await kube.patch(
+        AGENTS, "ag", {"status": {"run": {"mcpServers": [report]}}}, namespace, sub="status"
+    )
+    assert patched["status"]["run"]["mcpServers"] == [report]
 
 
 async def test_a_standalone_agent_with_bad_fields_is_rejected(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.capability_table import INVALID, VALID
+from tests.capability_table import INVALID, MCP_SERVERS, VALID
 from toka.kube.client import AGENTS, ApiError, AsyncKube
 
 pytestmark = pytest.mark.controlplane
@@ -15,7 +15,11 @@ def agent(caps: list[str]) -> dict[str, object]:
         "apiVersion": "toka.dev/v1alpha1",
         "kind": "Agent",
         "metadata": {"name": "cap"},
-        "spec": {"capabilities": caps, "tasks": [{"name": "t", "description": "x"}]},
+        "spec": {
+            "capabilities": caps,
+            "mcpServers": [{"name": n, "url": f"http://{n}.example:8080/mcp"} for n in MCP_SERVERS],
+            "tasks": [{"name": "t", "description": "x"}],
+        },
     }
 
 

@@ -18,7 +18,7 @@ import pytest
 from toka.console.demo import result_path
 from toka.console.view import compute_session_view
 from toka.kube.client import AGENTS, SESSIONS, AsyncKube
-from toka.kube.config import load_kubeconfig
+from toka.kube.kubeconfig import load_kubeconfig
 
 pytestmark = pytest.mark.controlplane
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from toka.devcluster.binaries import BinariesError, ensure_binaries
 from toka.devcluster.controlplane import ControlPlane
 from toka.devcluster.nodeagent import NodeAgent
 from toka.kube.client import NAMESPACES, PODS, SERVICEACCOUNTS, ApiError, AsyncKube
-from toka.kube.config import load_kubeconfig
+from toka.kube.kubeconfig import load_kubeconfig
 
 pytestmark = pytest.mark.controlplane
 

@@ -36,7 +36,7 @@ from toka.kube.client import (
     SESSIONS,
     AsyncKube,
 )
-from toka.kube.config import load_kubeconfig
+from toka.kube.kubeconfig import load_kubeconfig
 
 pytestmark = pytest.mark.controlplane
 JSON = dict[str, Any]

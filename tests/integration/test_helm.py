@@ -118,6 +118,38 @@ def test_llm_defaults_reach_the_operator_and_no_key_is_a_value() -> None:
     }
     assert (env["LLM_PROVIDER"], env["LLM_MODEL"]) == ("openai", "gpt-4o")
     assert not any("KEY" in name for name in env)
+    assert not {"LLM_DEBUG", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"} & env.keys()
+
+
+def test_llm_debug_and_openai_ids_reach_the_operator_when_set() -> None:
+    _, docs = render(
+        "toka", "toka-system", "llm.debug=true", "llm.organization=org-1", "llm.project=proj_1"
+    )
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (env["LLM_DEBUG"], env["OPENAI_ORG_ID"], env["OPENAI_PROJECT_ID"]) == (
+        "true",
+        "org-1",
+        "proj_1",
+    )
+
+
+def test_the_operator_serves_its_metrics_where_the_pod_monitor_looks() -> None:
+    _, docs = render(
+        "toka", "toka-system", "metrics.operatorPort=9100", "metrics.serviceMonitor.enabled=true"
+    )
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-addr=0.0.0.0:9100" in container["args"]
+    assert {"name": "metrics", "containerPort": 9100} in container["ports"]
+    monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodMonitor"}
+    operator = monitors["toka-operator"]["spec"]
+    assert operator["podMetricsEndpoints"][0]["port"] == "metrics"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert operator["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_the_network_policy_never_lets_agents_reach_metadata_addresses() -> None:
@@ -160,6 +192,26 @@ def test_without_a_cluster_to_ask_the_chart_asks_for_the_api_servers_addresses()
     assert "networkPolicy.apiServer.cidrs" in done.stderr
 
 
+def test_tracing_is_off_by_default_and_its_endpoint_reaches_the_operator_when_set() -> None:
+    def operator_env(*sets: str) -> dict[str, str]:
+        _, docs = render("toka", "toka-system", *sets)
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        return {
+            e["name"]: e["value"]
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    assert not any(name.startswith("OTEL_") for name in operator_env())
+    env = operator_env("tracing.otlpEndpoint=http://otel-collector.observability:4318")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert "OTEL_TRACES_SAMPLER" not in env
+    sampled = operator_env("tracing.otlpEndpoint=http://c:4318", "tracing.samplingRatio=0")
+    assert (sampled["OTEL_TRACES_SAMPLER"], sampled["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0",
+    )
+
+
 def test_an_in_cluster_llm_endpoint_is_opened_by_its_own_entry() -> None:
     entry = (
         'networkPolicy.egress=[{"namespaceSelector": {"matchLabels": '
@@ -184,6 +236,10 @@ def test_an_in_cluster_llm_endpoint_is_opened_by_its_own_entry() -> None:
         ("networkPolicy.egress[0].cidr=example.com", "cidr"),
         ("networkPolicy.egress[0].cidr=169.254.0.0/16", "cidr"),  # metadata, never
         ("llm.provider=bard", "provider"),
+        ("tracing.otlpEndpoint=http://user:pw@collector:4318", "otlpEndpoint"),  # no credentials
+        ("tracing.otlpEndpoint=https://sk-token@collector", "otlpEndpoint"),
+        ("tracing.otlpEndpoint=https://collector/v1?api_key=sk-1", "otlpEndpoint"),
+        ("tracing.samplingRatio=2", "samplingRatio"),
     ],
 )
 def test_the_values_schema_rejects_a_wrong_value(value: str, field: str) -> None:

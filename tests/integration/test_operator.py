@@ -420,6 +420,32 @@ async def test_a_missing_git_credentials_secret_is_named_on_the_agent(
     assert (await kube.list(PODS, namespace))["items"] == []
 
 
+async def test_a_session_agent_gets_merged_mcp_servers_and_a_missing_headers_secret_is_named(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess
+) -> None:
+    await put_recordings(kube, namespace, "rec", {"a": recording("a", {"t": [finish("ok")]})})
+    docs = {"name": "docs", "url": "https://docs.example/mcp", "headersSecretRef": {"name": "gone"}}
+    wiki = {"name": "wiki", "url": "https://wiki.example/mcp"}
+    mine = {"name": "wiki", "url": "http://wiki.internal:8080/mcp"}
+    body = session("nomcp", [agent("a", mcpServers=[mine])], mcpServers=[docs, wiki])
+    await kube.create(SESSIONS, body, namespace)
+    ag = await wait_for(
+        kube,
+        AGENTS,
+        "nomcp-a",
+        namespace,
+        lambda a: any(
+            c["type"] == "PodScheduled" and c["reason"] == "SecretNotFound"
+            for c in (a.get("status") or {}).get("conditions", [])
+        ),
+    )
+    assert ag["spec"]["mcpServers"] == [docs, mine]
+    message = condition(ag, "PodScheduled")["message"]
+    assert "Secret 'gone'" in message
+    assert "mcpServers[docs].headersSecretRef" in message
+    assert (await kube.list(PODS, namespace))["items"] == []
+
+
 async def test_an_image_that_cannot_start_is_named_on_the_agent(
     kube: AsyncKube, namespace: str, operator: OperatorProcess
 ) -> None:

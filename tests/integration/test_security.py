@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import NodeAgentProcess, OperatorProcess
 from tests.helpers import phase_is, service_account_token, wait_for
 from tests.sessions import call, finish, put_recordings, recording
-from toka.controller.builders.pod import KEY_DIR, TOKEN_DIR, WORKSPACE
+from toka.controller.builders.pod import KEY_DIR, MCP_DIR, TOKEN_DIR, WORKSPACE
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import (
     AGENTS,
@@ -31,7 +31,7 @@ from toka.kube.client import (
     ApiError,
     AsyncKube,
 )
-from toka.kube.config import load_kubeconfig
+from toka.kube.kubeconfig import load_kubeconfig
 
 pytestmark = pytest.mark.controlplane
 JSON = dict[str, Any]
@@ -116,7 +116,21 @@ async def test_the_agent_pod_keeps_token_key_and_workspace_where_they_belong(
         },
         namespace,
     )
-    await kube.create(AGENTS, standalone("split", workspace={"sizeLimit": "64Mi"}), namespace)
+    await kube.create(
+        SECRETS,
+        {"metadata": {"name": "docs-token"}, "stringData": {"Authorization": "Bearer s3cret"}},
+        namespace,
+    )
+    docs = {
+        "name": "docs",
+        "url": "https://docs.example/mcp",
+        "headersSecretRef": {"name": "docs-token"},
+    }
+    await kube.create(
+        AGENTS,
+        standalone("split", workspace={"sizeLimit": "64Mi"}, mcpServers=[docs]),
+        namespace,
+    )
     pod = await wait_for(kube, PODS, "split-1", namespace, lambda _: True)
     spec = pod["spec"]
     assert spec["automountServiceAccountToken"] is False
@@ -143,6 +157,7 @@ async def test_the_agent_pod_keeps_token_key_and_workspace_where_they_belong(
     assert holds_key("kernel")
     assert TOKEN_DIR in mounts("kernel")
     assert KEY_DIR in mounts("kernel")
+    assert volumes[mounts("kernel")[f"{MCP_DIR}/docs"]]["secret"]["secretName"] == "docs-token"
     assert WORKSPACE not in mounts("kernel")
     assert not holds_token("tools")
     assert not holds_key("tools")
@@ -216,12 +231,13 @@ async def test_a_user_who_cannot_read_a_secret_cannot_send_it_to_an_llm(
             await alice.create(AGENTS, steal, namespace)
         assert err.value.status == 403
         assert (
-            "you may not get every Secret named in llm.apiKeySecretRef or "
-            "workspace.git.credentialsSecretRef (x)" in err.value.message
+            "you may not get every Secret named in llm.apiKeySecretRef, "
+            "workspace.git.credentialsSecretRef or mcpServers[].headersSecretRef (x)"
+            in err.value.message
         )
         assert "the kernel would send its value to the LLM provider" in err.value.message
 
-        session = {
+        session: JSON = {
             "apiVersion": "toka.dev/v1alpha1",
             "kind": "AgentSession",
             "metadata": {"name": "s"},
@@ -250,7 +266,32 @@ async def test_a_user_who_cannot_read_a_secret_cannot_send_it_to_an_llm(
         with pytest.raises(ApiError) as err:
             await alice.create(SESSIONS, session, namespace)
         assert err.value.status == 403
-        assert "workspace.git.credentialsSecretRef (x)" in err.value.message
+        assert "workspace.git.credentialsSecretRef" in err.value.message
+        assert "(x)" in err.value.message
+
+        # So is an MCP server's headers Secret: the session's, an agent's, an Agent's.
+        del session["spec"]["workspace"]
+        steal_headers: JSON = {
+            "name": "docs",
+            "url": "https://attacker.example/mcp",
+            "headersSecretRef": {"name": "x"},
+        }
+        session["spec"]["mcpServers"] = [steal_headers]
+        with pytest.raises(ApiError) as err:
+            await alice.create(SESSIONS, session, namespace)
+        assert err.value.status == 403
+        assert "mcpServers[].headersSecretRef (x)" in err.value.message
+        assert "the MCP server" in err.value.message
+        del session["spec"]["mcpServers"]
+        session["spec"]["agents"][0]["mcpServers"] = [steal_headers]
+        with pytest.raises(ApiError) as err:
+            await alice.create(SESSIONS, session, namespace)
+        assert "(x)" in err.value.message
+        steal = standalone("mcp-steal", mcpServers=[steal_headers])
+        steal["spec"]["llm"]["apiKeySecretRef"]["name"] = "mine"
+        with pytest.raises(ApiError) as err:
+            await alice.create(AGENTS, steal, namespace)
+        assert "(mine, x)" in err.value.message
 
         allowed = standalone("fine")
         allowed["spec"]["llm"]["apiKeySecretRef"]["name"] = "mine"

@@ -75,10 +75,51 @@ def test_keys_are_secret_strings_that_never_show_in_a_repr() -> None:
     assert config.secrets() == ["sk-ant-supersecret-123"]
 
 
+OPENAI_IDS = [
+    # (env, spec, expected (organization, project))
+    ({"OPENAI_API_KEY": "k" * 20}, None, (None, None)),
+    (
+        {"OPENAI_API_KEY": "k" * 20, "OPENAI_ORG_ID": "org-env", "OPENAI_PROJECT_ID": "proj_env"},
+        None,
+        ("org-env", "proj_env"),
+    ),
+    (
+        {"OPENAI_API_KEY": "k" * 20, "OPENAI_ORG_ID": "org-env", "OPENAI_PROJECT_ID": "proj_env"},
+        LLMSpec(organization="org-spec"),
+        ("org-spec", "proj_env"),
+    ),
+    (
+        {"OPENAI_ORG_ID": "org-env"},
+        LLMSpec(provider=Provider.OPENAI_COMPATIBLE, base_url="http://vllm/v1", project="p1"),
+        ("org-env", "p1"),
+    ),
+    # Anthropic has no such headers: the variables are not carried over to it.
+    ({"ANTHROPIC_API_KEY": "a" * 20, "OPENAI_ORG_ID": "org-env"}, None, (None, None)),
+]
+
+
+@pytest.mark.parametrize(("env", "spec", "ids"), OPENAI_IDS)
+def test_openai_organization_and_project_come_from_the_agent_then_the_environment(
+    env: dict[str, str], spec: LLMSpec | None, ids: tuple[str | None, str | None]
+) -> None:
+    config = LLMConfig.resolve(spec, env)
+    assert (config.organization, config.project) == ids
+
+
 @pytest.mark.parametrize(
     ("env", "spec", "message"),
     [
         ({}, None, "no LLM provider"),
+        (
+            {"OPENAI_API_KEY": "k" * 20, "OPENAI_ORG_ID": "org-1\r\nX-Injected: 1"},
+            None,
+            "OPENAI_ORG_ID=.* is not an OpenAI ID",
+        ),
+        (
+            {"OPENAI_API_KEY": "k" * 20, "OPENAI_PROJECT_ID": "proj 1"},
+            None,
+            "OPENAI_PROJECT_ID='proj 1' is not an OpenAI ID",
+        ),
         ({"LLM_PROVIDER": "gemini"}, None, "LLM_PROVIDER='gemini' is not one of"),
         ({"LLM_PROVIDER": "anthropic"}, None, "anthropic needs an API key"),
         ({}, LLMSpec(provider=Provider.OPENAI_COMPATIBLE), "openai-compatible needs llm.baseURL"),

@@ -21,7 +21,7 @@ from tests.llm_servers import (
     openai_completion,
     openai_error,
 )
-from toka.api.models import Provider
+from toka.api.models import LLMSpec, Provider
 from toka.llm import (
     BudgetExceeded,
     ChatMessage,
@@ -315,6 +315,21 @@ async def test_openai_gets_a_bearer_key_and_function_tools(openai: ProviderServe
     ]
     assert completion.stop_reason == "tool_use"
     assert stats.usage.total == 17
+
+
+async def test_openai_gets_the_organization_and_project_headers_when_configured(
+    openai: ProviderServer,
+) -> None:
+    config = LLMConfig.resolve(
+        LLMSpec(provider=Provider.OPENAI, base_url=openai.url, organization="org-toka"),
+        {"OPENAI_API_KEY": KEY, "OPENAI_PROJECT_ID": "proj_abc123"},
+    )
+    await LLMGateway(config, sleep=Sleeps()).complete(ask())
+    await gateway(openai, Provider.OPENAI).complete(ask())
+    configured, plain = ({k.lower(): v for k, v in r["headers"].items()} for r in openai.requests)
+    assert configured["openai-organization"] == "org-toka"
+    assert configured["openai-project"] == "proj_abc123"
+    assert not {"openai-organization", "openai-project"} & plain.keys()
 
 
 async def test_openai_tool_messages_use_role_tool(openai: ProviderServer) -> None:

@@ -36,6 +36,12 @@ def test_invalid_capabilities_are_refused_with_the_grammar_in_the_message(text: 
     assert "capability" in str(err.value)
 
 
+def test_a_refused_capability_names_the_mcp_form_too() -> None:
+    with pytest.raises(CapabilityError) as err:
+        parse("mcp:Docs:search")
+    assert "mcp:<server>:<tool-glob>" in str(err.value)
+
+
 def test_the_crd_pattern_compiles_without_lookarounds_so_go_accepts_it() -> None:
     assert "(?=" not in CAPABILITY_PATTERN
     assert "(?!" not in CAPABILITY_PATTERN
@@ -116,6 +122,23 @@ PERMITS = [
     ("fs:read:**", "fs", "read", "src//", False),
     ("fs:read:**", "fs", "read", "/etc/passwd", False),
     ("fs:read:**", "fs", "read", "/", False),  # the workspace is listed as "", not "/"
+    # An MCP tool: the action is the server, the glob is over the tool's name.
+    ("mcp:docs:search_*", "mcp", "docs", "search_pages", True),
+    ("mcp:docs:search_*", "mcp", "docs", "search", False),
+    ("mcp:docs:search_*", "mcp", "docs", "fetch_page", False),
+    ("mcp:docs:search_*", "mcp", "wiki", "search_pages", False),
+    ("mcp:docs:*", "mcp", "docs", "v2.get-page_x", True),
+    ("mcp:docs:get_?", "mcp", "docs", "get_a", True),
+    ("mcp:docs:get_?", "mcp", "docs", "get_ab", False),
+    ("mcp:docs:get_page", "mcp", "docs", "get_page", True),
+    ("mcp:docs:get_page", "mcp", "docs", "GET_PAGE", False),
+    # A name outside the MCP tool-name characters is never a tool a grant reaches.
+    ("mcp:docs:*", "mcp", "docs", "", False),
+    ("mcp:docs:*", "mcp", "docs", "../search", False),
+    ("mcp:docs:*", "mcp", "docs", "search pages", False),
+    ("mcp:docs:*", "mcp", "docs", "x" * 129, False),
+    ("mcp:docs:search_*", "mcp", "docs", "search_*", False),
+    ("mcp:docs:*", "fs", "read", "docs", False),
 ]
 
 
@@ -157,6 +180,16 @@ COVERS = [
     ("llm:complete", "llm:complete", True),
     ("agent:spawn", "agent:spawn", True),
     ("llm:complete", "agent:spawn", False),
+    ("mcp:docs:*", "mcp:docs:search_*", True),
+    ("mcp:docs:*", "mcp:docs:*", True),
+    ("mcp:docs:search_*", "mcp:docs:search_pages", True),
+    ("mcp:docs:search_*", "mcp:docs:search_p*", True),
+    ("mcp:docs:search_*", "mcp:docs:*", False),
+    ("mcp:docs:search_*", "mcp:docs:sear*", False),
+    ("mcp:docs:get_?", "mcp:docs:get_a", True),
+    ("mcp:docs:get_?", "mcp:docs:get_*", False),
+    ("mcp:docs:*", "mcp:wiki:*", False),
+    ("mcp:docs:*", "fs:read:**", False),
 ]
 
 
@@ -164,6 +197,19 @@ COVERS = [
 def test_narrowing_is_textual_and_conservative(parent: str, child: str, covered: bool) -> None:
     (p,), (c,) = parse(parent), parse(child)
     assert p.covers(c) is covered
+
+
+tool_glob = st.text(alphabet="ab_*?", min_size=1, max_size=5)
+tool_name = st.text(alphabet="ab_.", min_size=1, max_size=6)
+
+
+@given(parent=tool_glob, child=tool_glob, tool=tool_name)
+def test_a_covered_tool_glob_never_reaches_a_tool_its_parent_does_not(
+    parent: str, child: str, tool: str
+) -> None:
+    parent_cap, child_cap = Capability("mcp", "docs", parent), Capability("mcp", "docs", child)
+    if parent_cap.covers(child_cap) and child_cap.permits("mcp", "docs", tool):
+        assert parent_cap.permits("mcp", "docs", tool)
 
 
 def test_a_grant_covers_a_child_capability_through_any_of_its_own() -> None:

@@ -80,6 +80,9 @@ def test_lists_keyed_by_name_are_list_maps_and_capabilities_are_sets() -> None:
     assert fields["spec.agents[].capabilities"]["x-kubernetes-list-type"] == "set"
     assert fields["spec.agents[].tasks"]["x-kubernetes-list-map-keys"] == ["name"]
     assert fields["status.conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+    for servers in ("spec.mcpServers", "spec.agents[].mcpServers"):
+        assert fields[servers]["x-kubernetes-list-type"] == "map"
+        assert fields[servers]["x-kubernetes-list-map-keys"] == ["name"]
 
 
 def test_the_agent_status_has_both_owners_fields_and_the_kernels_are_under_run() -> None:
@@ -109,6 +112,7 @@ def test_the_agent_status_has_both_owners_fields_and_the_kernels_are_under_run()
         "spawnRequests",
         "workspace",
         "sandbox",
+        "mcpServers",
         "truncatedBytes",
     } == set(status["status.run"]["properties"])
 

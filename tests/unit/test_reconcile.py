@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from toka.api.models import Agent
-from toka.controller.reconcile.agent import compute_agent_plan
+from toka.api.models import Agent, McpServer, McpServerStatus
+from toka.controller.reconcile.agent import compute_agent_plan, mcp_servers_readiness
 from toka.controller.reconcile.dag import dependents, find_cycle
 from toka.controller.reconcile.session import compute_session_plan
 
@@ -429,6 +429,113 @@ def test_a_silent_kernel_is_stalled() -> None:
         cond(compute_agent_plan(agent_body(fresh), [running], NOW), "Stalled").status.value
         == "False"
     )
+
+
+SERVERS = [
+    {"name": "docs", "url": "https://docs.example/mcp"},
+    {"name": "wiki", "url": "https://wiki.example/mcp"},
+]
+
+
+def mcp(name: str, ready: bool, reason: str | None = None, **kw: Any) -> JSON:
+    return {"name": name, "ready": ready, **({"reason": reason} if reason else {}), **kw}
+
+
+READINESS = [
+    # (case, status.run.mcpServers, condition status, reason, words in the message)
+    (
+        "every server connected",
+        [mcp("docs", True, "Connected", tools=["search_pages"]), mcp("wiki", True, tools=[])],
+        "True",
+        "Connected",
+        "docs: search_pages; wiki: no tools granted",
+    ),
+    (
+        "one server unreachable",
+        [
+            mcp("docs", True, "Connected"),
+            mcp("wiki", False, "Unreachable", message="connection refused"),
+        ],
+        "False",
+        "Unreachable",
+        "MCP server wiki: connection refused",
+    ),
+    (
+        "the first failing server in spec order is named",
+        [mcp("wiki", False, "Unauthorized"), mcp("docs", False, "ToolMissing")],
+        "False",
+        "ToolMissing",
+        "MCP server docs",
+    ),
+    (
+        "a failure is named even while another server is not reported yet",
+        [mcp("wiki", False, "ProtocolError", message="invalid tools/list answer")],
+        "False",
+        "ProtocolError",
+        "invalid tools/list answer",
+    ),
+    (
+        "a failure the kernel gave no reason for",
+        [mcp("docs", True), mcp("wiki", False)],
+        "False",
+        "NotReady",
+        "MCP server wiki",
+    ),
+    ("nothing reported yet", None, "Unknown", "Connecting", "docs, wiki"),
+    (
+        "one server still connecting",
+        [mcp("docs", True), mcp("wiki", False, "Connecting", message="not listed yet")],
+        "Unknown",
+        "Connecting",
+        "MCP server wiki",
+    ),
+    (
+        "a server no longer in the spec is not counted",
+        [mcp("docs", True), mcp("wiki", True), mcp("old", False, "Unreachable")],
+        "True",
+        "Connected",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "reported", "status", "reason", "words"), READINESS, ids=[r[0] for r in READINESS]
+)
+def test_mcp_servers_ready_summarises_the_kernels_report(
+    case: str, reported: list[JSON] | None, status: str, reason: str, words: str
+) -> None:
+    got = mcp_servers_readiness(
+        [McpServer.model_validate(s) for s in SERVERS],
+        None if reported is None else [McpServerStatus.model_validate(r) for r in reported],
+    )
+    assert (got[0].value, got[1]) == (status, reason)
+    assert words in got[2]
+
+
+def running_with_kernel() -> JSON:
+    running = pod(1, "Running")
+    running["status"]["initContainerStatuses"] = [
+        {"name": "kernel", "started": True, "state": {"running": {"startedAt": NOW.isoformat()}}}
+    ]
+    return running
+
+
+def test_an_unreachable_mcp_server_sets_the_condition_and_warns_once() -> None:
+    run = {"run": {"mcpServers": [mcp("docs", False, "Unreachable", message="timed out")]}}
+    body = agent_body(run, mcpServers=SERVERS[:1])
+    plan = compute_agent_plan(body, [running_with_kernel()], NOW)
+    ready = cond(plan, "McpServersReady")
+    assert (ready.status.value, ready.reason) == ("False", "Unreachable")
+    assert ("Warning", "Unreachable", "MCP server docs: timed out") in plan.events
+    body["status"]["conditions"] = [c.wire() for c in plan.status.conditions or []]
+    again = compute_agent_plan(body, [running_with_kernel()], NOW)
+    assert not [e for e in again.events if e[1] == "Unreachable"]
+
+
+def test_an_agent_without_mcp_servers_has_no_mcp_condition() -> None:
+    plan = compute_agent_plan(agent_body(), [running_with_kernel()], NOW)
+    assert all(c.type != "McpServersReady" for c in plan.status.conditions or [])
 
 
 def test_the_operator_never_writes_the_kernels_run() -> None:

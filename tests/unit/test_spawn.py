@@ -15,6 +15,7 @@ from toka.controller.reconcile.spawn import MAX_CHILDREN, compute_spawn_plan
 JSON = dict[str, Any]
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 PARENT_CAPS = ["agent:spawn", "llm:complete", "fs:write:notes/**", "shell:exec:git"]
+MCP_CAPS = [*PARENT_CAPS, "mcp:docs:search_*", "mcp:wiki:*"]
 
 
 def request(id_: str, caps: list[str], name: str | None = None) -> JSON:
@@ -80,6 +81,27 @@ CASES = [
     ("depth is bounded", {"depth": 2}, [], False, "DepthExceeded"),
     ("a child of a child is allowed", {"depth": 1}, [], True, None),
     ("a spent budget gives a child nothing", {"used": 1000}, [], False, "BudgetExhausted"),
+    (
+        "a narrower mcp tool glob is accepted",
+        {"caps": MCP_CAPS},
+        ["mcp:docs:search_p*"],
+        True,
+        None,
+    ),
+    (
+        "a wider mcp tool glob is an escalation",
+        {"caps": MCP_CAPS},
+        ["mcp:docs:*"],
+        False,
+        "Escalation",
+    ),
+    (
+        "an mcp server the parent lacks is an escalation",
+        {"caps": MCP_CAPS},
+        ["mcp:jira:search_*"],
+        False,
+        "Escalation",
+    ),
 ]
 
 
@@ -113,6 +135,20 @@ def test_an_accepted_child_is_owned_by_its_parent_and_holds_only_what_it_asked_f
     assert child["spec"]["llm"]["replay"]["configMapRef"] == {"name": "rec", "key": "helper.json"}
     assert child["spec"]["limits"] == {"maxTokens": 500, "requestsPerMinute": 5}
     assert plan.results[0].max_tokens == 500
+
+
+def test_a_child_gets_only_the_mcp_servers_its_own_grant_names() -> None:
+    body = parent(
+        [request("r1", ["mcp:docs:search_pages"]), request("r2", ["fs:write:notes/x"])],
+        caps=MCP_CAPS,
+    )
+    body["spec"]["mcpServers"] = [
+        {"name": "docs", "url": "https://docs.example/mcp", "headersSecretRef": {"name": "d"}},
+        {"name": "wiki", "url": "https://wiki.example/mcp", "headersSecretRef": {"name": "w"}},
+    ]
+    docs_child, plain_child = compute_spawn_plan(body, None).create
+    assert docs_child["spec"]["mcpServers"] == [body["spec"]["mcpServers"][0]]
+    assert "mcpServers" not in plain_child["spec"]
 
 
 def test_an_answered_request_is_never_answered_again() -> None:

@@ -56,9 +56,10 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
   resources: [secrets]
   verbs: [get]
 # Results: each Agent's result ConfigMap (created empty with its first pod, then
-# written by its kernel: the Agent's Role grants get/patch on that one name, which
-# RBAC lets the operator grant only because it holds these verbs itself), and each
-# session's result ConfigMap, made once when it succeeds.
+# written by its kernel: the Agent's Role grants get/patch on that name and on its
+# recording ConfigMap's, made before each pod in record mode, which RBAC lets the
+# operator grant only because it holds these verbs itself), and each session's
+# result ConfigMap, made once when it succeeds.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, patch]

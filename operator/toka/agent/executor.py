@@ -20,7 +20,7 @@ from typing import Any
 from toka.agent.client import KernelClient, KernelError
 from toka.agent.inference import missing_capabilities
 from toka.agent.prompts import system_prompt, task_prompt
-from toka.api.capabilities import Grant
+from toka.api.capabilities import MCP_PREFIX, Grant
 from toka.logs import configure
 
 log = logging.getLogger("toka.agent")
@@ -166,7 +166,9 @@ class Executor:
         if call["name"] == "spawn_agent":
             status, body = await self.kernel.spawn(call.get("arguments") or {})
         else:
-            name = str(call["name"]).replace("_", ".", 1)
+            name = str(call["name"])
+            # fs_read is the kernel's fs.read; an MCP tool (mcp__<server>__<tool>) keeps its name.
+            name = name if name.startswith(MCP_PREFIX) else name.replace("_", ".", 1)
             status, body = await self.kernel.tool(name, call.get("arguments") or {})
         if status >= 400:
             text = json.dumps({"error": body.get("error"), "message": body.get("message")})

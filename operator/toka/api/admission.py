@@ -1,9 +1,10 @@
 """The ValidatingAdmissionPolicies shipped with the CRDs.
 
 Without them, anyone allowed to create Agents could name any Secret of the
-namespace in `apiKeySecretRef` and have the kernel send it to a base URL of
-their choice. Each policy asks the API server's authorizer whether the
-*requesting user* may `get` every Secret and ConfigMap the object names.
+namespace in `apiKeySecretRef` (or an MCP server's `headersSecretRef`) and have
+the kernel send it to a URL of their choice. Each policy asks the API server's
+authorizer whether the *requesting user* may `get` every Secret and ConfigMap
+the object names.
 
 Parameters (optional): ConfigMap `toka-admission` in `toka-system`, keys
 `allowedImages` and `allowedCapabilities`, each a comma-separated list of
@@ -63,10 +64,19 @@ def _names(kind: str) -> tuple[str, str, str, str]:
         "has(object.spec.workspace.git.credentialsSecretRef) ? "
         "[object.spec.workspace.git.credentialsSecretRef.name] : [])"
     )
+    # An MCP server's headers go to its url: the same rule again.
+    mcp_headers = (
+        " + (has(object.spec.mcpServers) ? object.spec.mcpServers.filter(s, "
+        "has(s.headersSecretRef)).map(s, s.headersSecretRef.name) : [])"
+    )
     if kind == "AgentSession":
         secrets = (
             f"({top['secrets']}) + object.spec.agents.filter(a, has(a.llm) && "
-            "has(a.llm.apiKeySecretRef)).map(a, a.llm.apiKeySecretRef.name)" + git_credentials
+            "has(a.llm.apiKeySecretRef)).map(a, a.llm.apiKeySecretRef.name)"
+            + git_credentials
+            + mcp_headers
+            + " + object.spec.agents.filter(a, has(a.mcpServers)).map(a, a.mcpServers.filter("
+            "s, has(s.headersSecretRef)).map(s, s.headersSecretRef.name)).flatten()"
         )
         configmaps = (
             f"{top['configmaps']} + object.spec.agents.filter(a, has(a.llm) && "
@@ -89,7 +99,8 @@ def _names(kind: str) -> tuple[str, str, str, str]:
         "!has(object.spec.capabilities) || object.spec.capabilities.all(c, "
         "variables.allowedCaps.exists(p, c.startsWith(p)))"
     )
-    return f"({top['secrets']})" + git_credentials, top["configmaps"] + workspace, images, caps
+    secrets = f"({top['secrets']})" + git_credentials + mcp_headers
+    return secrets, top["configmaps"] + workspace, images, caps
 
 
 def _references_policy(kind: str, plural: str) -> dict[str, Any]:
@@ -123,11 +134,12 @@ def _references_policy(kind: str, plural: str) -> dict[str, Any]:
                     "expression": "size(variables.deniedSecrets) == 0",
                     # Message expressions may not use the authorizer: name all that is named.
                     "messageExpression": (
-                        "'you may not get every Secret named in llm.apiKeySecretRef or "
-                        "workspace.git.credentialsSecretRef (' + "
+                        "'you may not get every Secret named in llm.apiKeySecretRef, "
+                        "workspace.git.credentialsSecretRef or mcpServers[].headersSecretRef (' + "
                         "variables.secrets.join(', ') + ') in namespace ' + "
                         "object.metadata.namespace + ': the kernel would send its value to the LLM "
-                        "provider or the git remote, so you must be able to read it yourself'"
+                        "provider, the git remote or the MCP server, so you must be able to read "
+                        "it yourself'"
                     ),
                     "reason": "Forbidden",
                 },

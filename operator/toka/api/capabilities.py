@@ -12,11 +12,13 @@ Grammar: `domain:action[:scope]`
     shell:exec:<program>                     a program name, never a path
     net:http:<host>                          `*`, `*.example.com` or `example.com`
     agent:spawn
+    mcp:<server>:<tool-glob>                 a server of spec.mcpServers, a glob over its tools
 
 Globs: `/`-separated segments; `*` and `?` match within a segment, a `**`
 segment matches any number of segments. `.` and `..` segments and absolute
 paths cannot be written, so a grant cannot escape the workspace textually; the
-tools sidecar still resolves symlinks before touching a file.
+tools sidecar still resolves symlinks before touching a file. A tool glob has no
+segments: `*` and `?` match within an MCP tool name, and `*` alone is every tool.
 
 A path is matched only in its canonical spelling (`canonical_path`), the one
 the tools sidecar opens: were `./Makefile` matched as written, `*/*` would let
@@ -64,6 +66,15 @@ GLOB_PATTERN = rf"{_SEGMENT}(?:/{_SEGMENT})*"
 PROGRAM_PATTERN = r"[A-Za-z0-9_+\-][A-Za-z0-9_+.\-]*"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_PATTERN = rf"(?:\*|(?:\*\.)?{_LABEL}(?:\.{_LABEL})*)"
+# MCP tool names are letters, digits, `_`, `-` and `.` (the MCP spec's advice), at most 128:
+# the one definition, for the grammar, the CRD's status and the kernel's MCP client.
+_TOOL_CHARS = r"A-Za-z0-9_\-."
+TOOL_GLOB_PATTERN = rf"[{_TOOL_CHARS}*?]+"
+MAX_TOOL_NAME = 128
+TOOL_NAME_PATTERN = rf"^[{_TOOL_CHARS}]+$"
+_TOOL_NAME_RE = re.compile(rf"[{_TOOL_CHARS}]{{1,{MAX_TOOL_NAME}}}")
+# How the kernel names an MCP tool to the agent and the LLM: mcp__<server>__<tool>.
+MCP_PREFIX = "mcp__"
 
 CANONICAL_PATTERN = (
     r"llm:complete"
@@ -71,6 +82,7 @@ CANONICAL_PATTERN = (
     rf"|fs:(?:read|write):{GLOB_PATTERN}"
     rf"|shell:exec:{PROGRAM_PATTERN}"
     rf"|net:http:{HOST_PATTERN}"
+    rf"|mcp:{_LABEL}:{TOOL_GLOB_PATTERN}"
 )
 ALIAS_PATTERN = "|".join(re.escape(a) for a in sorted(ALIASES))
 # The pattern the CRD carries: anchored, canonical forms or an alias.
@@ -125,6 +137,8 @@ class Capability:
             return target == self.scope
         if self.domain == "net":
             return host_matches(self.scope, target)
+        if self.domain == "mcp":
+            return tool_matches(self.scope, target)
         return True
 
     def covers(self, other: Capability) -> bool:
@@ -139,6 +153,8 @@ class Capability:
             return glob_covers(self.scope, other.scope)
         if self.domain == "net":
             return host_covers(self.scope, other.scope)
+        if self.domain == "mcp":
+            return _segment_covers(self.scope, other.scope)
         return self.scope == other.scope
 
 
@@ -157,7 +173,8 @@ def parse(text: str) -> tuple[Capability, ...]:
         raise CapabilityError(
             f"{text!r} is not a capability: expected llm:complete, agent:spawn, "
             "fs:read:<glob>, fs:write:<glob> (relative, no '..'), shell:exec:<program>, "
-            f"net:http:<host>, or one of the aliases {', '.join(sorted(ALIASES))}"
+            "net:http:<host>, mcp:<server>:<tool-glob> (a server of spec.mcpServers), "
+            f"or one of the aliases {', '.join(sorted(ALIASES))}"
         )
     return (_parse_canonical(text),)
 
@@ -236,6 +253,16 @@ def _segment_covers(parent: str, child: str) -> bool:
     if p == "?":
         return c != "*" and _segment_covers(parent[1:], child[1:])
     return p == c and _segment_covers(parent[1:], child[1:])
+
+
+def is_tool_name(tool: str) -> bool:
+    """Whether `tool` is an MCP tool name Toka accepts: 1-128 of A-Z a-z 0-9 _ - ."""
+    return _TOOL_NAME_RE.fullmatch(tool) is not None
+
+
+def tool_matches(pattern: str, tool: str) -> bool:
+    """Whether an MCP tool glob matches a tool name; a name outside the MCP charset never does."""
+    return is_tool_name(tool) and _segment_covers(pattern, tool)
 
 
 def host_matches(pattern: str, host: str) -> bool:

@@ -30,7 +30,12 @@ from toka.api.base import (
     KubeModel,
     k8s,
 )
-from toka.api.capabilities import CAPABILITY_PATTERN, MAX_CAPABILITY_LENGTH
+from toka.api.capabilities import (
+    CAPABILITY_PATTERN,
+    MAX_CAPABILITY_LENGTH,
+    MAX_TOOL_NAME,
+    TOOL_NAME_PATTERN,
+)
 from toka.api.conditions import Condition
 
 DnsLabel = Annotated[
@@ -154,6 +159,13 @@ class ReplaySpec(KubeModel):
 # --- LLM ------------------------------------------------------------------------
 
 
+# Sent as HTTP header values: visible ASCII without spaces, so no header can be forged.
+OPENAI_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+OpenAIIdentifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=OPENAI_ID_PATTERN)
+]
+
+
 class LLMSpec(KubeModel):
     """LLM settings. On a session, the default for every agent; on an agent, an override."""
 
@@ -170,6 +182,12 @@ class LLMSpec(KubeModel):
                     "!has(self.provider) || self.provider != 'replay' || has(self.replay)",
                     "replay.configMapRef is required when provider is replay",
                     ".replay",
+                ),
+                (
+                    "!has(self.record) || !self.record || !has(self.provider) "
+                    "|| self.provider != 'replay'",
+                    "record needs a real provider: replay has nothing to record",
+                    ".record",
                 ),
             ]
         )
@@ -204,6 +222,24 @@ class LLMSpec(KubeModel):
     )
     timeout_seconds: int | None = Field(
         default=None, ge=1, le=3600, description="Timeout of one LLM call, in seconds."
+    )
+    organization: OpenAIIdentifier | None = Field(
+        default=None,
+        description="OpenAI organization ID (e.g. org-…), sent as the OpenAI-Organization "
+        "header by the openai and openai-compatible providers. An identifier, not a secret. "
+        "Unset: the kernel's OPENAI_ORG_ID, if any.",
+    )
+    project: OpenAIIdentifier | None = Field(
+        default=None,
+        description="OpenAI project ID (e.g. proj_…), sent as the OpenAI-Project header by "
+        "the openai and openai-compatible providers. An identifier, not a secret. Unset: the "
+        "kernel's OPENAI_PROJECT_ID, if any.",
+    )
+    record: bool | None = Field(
+        default=None,
+        description="Record mode: the kernel calls the real provider and writes every turn "
+        "(answer and token usage, never a key) to the Agent's ConfigMap <agent>.recording, "
+        "key <name>.json, for provider replay to use later. `toka record` sets it.",
     )
 
 
@@ -263,6 +299,58 @@ class GitSource(KubeModel):
         default=None,
         description="Push each agent's result and the session's result to this repository.",
     )
+
+
+MAX_MCP_SERVERS = 16
+MAX_MCP_TOOLS = 64
+McpToolName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TOOL_NAME, pattern=TOOL_NAME_PATTERN)
+]
+
+
+class McpServer(KubeModel):
+    """An MCP server the agent's kernel connects to over streamable HTTP.
+
+    The kernel is the MCP client: it lists the server's tools, offers the agent
+    those its `mcp:<server>:<tool-glob>` capabilities grant, and checks and
+    audits every call. The headers Secret is mounted into the kernel only.
+    """
+
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": k8s(
+            rules=[
+                (
+                    "!self.url.matches('^[a-z]+://[^/]*@')",
+                    "url must not hold credentials (user:password@); put them in a Secret "
+                    "named by headersSecretRef",
+                    ".url",
+                )
+            ]
+        )
+    }
+
+    name: DnsLabel = Field(
+        description="Server name (DNS label), unique within the list; capabilities name it as "
+        "mcp:<name>:<tool-glob>."
+    )
+    url: Annotated[
+        str, StringConstraints(min_length=1, max_length=2048, pattern=r"^https?://[^\s/]+\S*$")
+    ] = Field(
+        description="URL of the server's streamable-HTTP MCP endpoint (http:// or https://), "
+        "without credentials. The agent pods need an egress NetworkPolicy entry to reach it."
+    )
+    headers_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Secret whose every key is an HTTP header name sent to the server, its "
+        "value the header's value (e.g. key Authorization, value `Bearer <token>`). Mounted "
+        "into the kernel container only: the tools and agent containers never see it.",
+    )
+
+
+McpServers = Annotated[
+    list[McpServer],
+    Field(max_length=MAX_MCP_SERVERS, json_schema_extra=k8s(list_type="map", map_keys=["name"])),
+]
 
 
 class PVCSource(KubeModel):
@@ -392,6 +480,20 @@ class TaskSpec(KubeModel):
     )
 
 
+def _names_server(owner: str) -> str:
+    """CEL: capability `c` is not an mcp: one, or names a server of `owner.mcpServers`."""
+    return (
+        f"(!c.startsWith('mcp:') || has({owner}.mcpServers) && "
+        f"{owner}.mcpServers.exists(s, c.startsWith('mcp:' + s.name + ':')))"
+    )
+
+
+_UNKNOWN_SERVER = (
+    "every mcp:<server>:<tool-glob> capability must name a server of mcpServers "
+    "(the agent's own, or in a session also the session's)"
+)
+
+
 class AgentTemplate(KubeModel):
     """An agent as written in a session, and the spec of an Agent."""
 
@@ -430,8 +532,14 @@ class AgentTemplate(KubeModel):
         max_length=MAX_CAPABILITIES,
         description="What the agent may do through its kernel; everything else is denied. "
         "Grammar: llm:complete, fs:read:<glob>, fs:write:<glob>, shell:exec:<program>, "
-        "net:http:<host>, agent:spawn.",
+        "net:http:<host>, agent:spawn, mcp:<server>:<tool-glob>.",
         json_schema_extra=k8s(list_type="set"),
+    )
+    mcp_servers: McpServers | None = Field(
+        default=None,
+        description="MCP servers whose tools the kernel offers the agent, as far as its "
+        "mcp:<server>:<tool-glob> capabilities grant. In a session, added to the session's "
+        "mcpServers; an entry here wins over the session's of the same name.",
     )
     tasks: list[TaskSpec] = Field(
         min_length=1,
@@ -473,12 +581,40 @@ class AgentTemplate(KubeModel):
 
 
 class AgentSessionSpec(KubeModel):
+    model_config = KubeModel.model_config | {
+        "json_schema_extra": k8s(
+            rules=[
+                (
+                    "self.agents.all(a, !has(a.capabilities) || a.capabilities.all(c, "
+                    f"{_names_server('a')} || {_names_server('self')}))",
+                    _UNKNOWN_SERVER,
+                    ".agents",
+                ),
+                (
+                    # Each Agent gets the union, and an Agent holds at most this many.
+                    "!has(self.mcpServers) || self.agents.all(a, !has(a.mcpServers) || "
+                    "size(self.mcpServers) + size(a.mcpServers.filter(s, "
+                    f"!(s.name in self.mcpServers.map(t, t.name)))) <= {MAX_MCP_SERVERS})",
+                    f"an agent's mcpServers and the session's together may name at most "
+                    f"{MAX_MCP_SERVERS} servers",
+                    ".agents",
+                ),
+            ]
+        )
+    }
+
     workstream: DnsLabel | None = Field(
         default=None, description="Grouping label, copied to the Agents and their labels."
     )
     llm: LLMSpec | None = Field(default=None, description="LLM defaults for every agent.")
     workspace: WorkspaceSpec | None = Field(
         default=None, description="What /workspace starts with."
+    )
+    mcp_servers: McpServers | None = Field(
+        default=None,
+        description="MCP servers for every agent of the session; an agent's own entry of the "
+        "same name wins. An agent is offered a server's tools only as far as its "
+        "mcp:<server>:<tool-glob> capabilities grant.",
     )
     limits: SessionLimits = Field(
         default_factory=SessionLimits,
@@ -669,7 +805,12 @@ class AgentSpec(AgentTemplate):
                     "!has(self.dependsOn) || !has(self.name) || !(self.name in self.dependsOn)",
                     "an agent cannot depend on itself",
                     ".dependsOn",
-                )
+                ),
+                (
+                    f"!has(self.capabilities) || self.capabilities.all(c, {_names_server('self')})",
+                    _UNKNOWN_SERVER,
+                    ".capabilities",
+                ),
             ]
         )
     }
@@ -816,6 +957,38 @@ class SandboxStatus(KubeModel):
     )
 
 
+Reason = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$")]
+
+
+# The reasons of status.run.mcpServers[] (the kernel's) and of the McpServersReady condition.
+MCP_CONNECTED = "Connected"
+MCP_CONNECTING = "Connecting"  # not listed yet
+MCP_UNREACHABLE = "Unreachable"
+MCP_UNAUTHORIZED = "Unauthorized"
+MCP_PROTOCOL_ERROR = "ProtocolError"
+MCP_TOOL_MISSING = "ToolMissing"
+MCP_SERVER_ERROR = "ServerError"  # a JSON-RPC error answer: the call failed, the server is fine
+
+
+class McpServerStatus(KubeModel):
+    """One MCP server as the kernel found it."""
+
+    name: DnsLabel = Field(description="The server's name in spec.mcpServers.")
+    ready: bool = Field(description="Whether the kernel is connected and listed its tools.")
+    reason: Reason | None = Field(
+        default=None,
+        description="Connected, or why not: Unreachable, Unauthorized, ProtocolError, ToolMissing.",
+    )
+    message: ShortText | None = Field(
+        default=None, description="Details, without credentials or header values."
+    )
+    tools: list[McpToolName] | None = Field(
+        default=None,
+        max_length=MAX_MCP_TOOLS,
+        description="The server's tools offered to the agent: the granted ones only.",
+    )
+
+
 class RunStatus(KubeModel):
     """Written only by the agent's kernel, whole, by merge patch."""
 
@@ -852,6 +1025,13 @@ class RunStatus(KubeModel):
     sandbox: SandboxStatus | None = Field(
         default=None, description="How programs run by shell:exec are confined here."
     )
+    mcp_servers: list[McpServerStatus] | None = Field(
+        default=None,
+        max_length=MAX_MCP_SERVERS,
+        description="Each MCP server of spec.mcpServers: reachable or why not, and the tools "
+        "offered; the operator's McpServersReady condition summarises it.",
+        json_schema_extra=k8s(list_type="map", map_keys=["name"]),
+    )
     truncated_bytes: int | None = Field(
         default=None,
         ge=0,
@@ -886,8 +1066,8 @@ class AgentStatus(KubeModel):
     )
     conditions: Conditions | None = Field(
         default=None,
-        description="PodScheduled, KernelReady, Progressing, Stalled, Succeeded, Failed, "
-        "SpawnRefused.",
+        description="PodScheduled, KernelReady, McpServersReady, Progressing, Stalled, "
+        "Succeeded, Failed, SpawnRefused.",
     )
     limits: AgentLimits | None = Field(
         default=None, description="This agent's share of the session's limits."

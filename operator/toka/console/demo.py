@@ -28,7 +28,7 @@ from toka.console.status import read_views
 from toka.console.view import SessionView, render_session
 from toka.devcluster import devctl
 from toka.kube.client import CONFIGMAPS, NAMESPACES, SECRETS, SESSIONS, ApiError, AsyncKube
-from toka.kube.config import load_kubeconfig
+from toka.kube.kubeconfig import load_kubeconfig
 from toka.tools import sandbox
 
 JSON = dict[str, Any]

@@ -8,6 +8,7 @@ nothing, so Kopf writes nothing into status.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from collections.abc import Mapping
@@ -15,11 +16,14 @@ from typing import Any
 
 import kopf
 
+from toka import tracing
 from toka.controller.builders.names import LABEL_AGENT, LABEL_SESSION
+from toka.controller.login import build_connection_info
+from toka.controller.metrics import serve_metrics
 from toka.controller.runtime import OperatorConfig, Runtime
 from toka.controller.settings import configure
 from toka.kube.client import AsyncKube
-from toka.kube.config import from_env
+from toka.kube.kubeconfig import from_env
 
 GROUP, VERSION = "toka.dev", "v1alpha1"
 POD_FIELDS = ("metadata", "spec", "status")
@@ -31,21 +35,30 @@ async def on_operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: A
     """Configure Kopf and build the runtime shared by all handlers."""
     configure(settings)
     config: OperatorConfig = memo.get("config") or OperatorConfig()
-    memo.runtime = Runtime(AsyncKube(from_env()), config)
+    memo.kube = memo.get("kube") or await asyncio.to_thread(from_env)
+    tracer = tracing.from_env("toka-operator", os.environ)
+    memo.runtime = Runtime(AsyncKube(memo.kube), config, tracer)
+    if config.metrics_addr:
+        memo.metrics_server = await serve_metrics(
+            memo.runtime.metrics.registry, config.metrics_addr
+        )
 
 
 @kopf.on.cleanup()
 async def on_operator_cleanup(memo: Any, **_: Any) -> None:
-    """Close the API client."""
+    """Close the API client and the metrics endpoint; export the last spans."""
+    if memo.get("metrics_server") is not None:
+        await memo.metrics_server.cleanup()
     await memo.runtime.kube.aclose()
+    await asyncio.to_thread(memo.runtime.tracer.shutdown)
 
 
 @kopf.on.login()
-def on_operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """The same credentials as our own client: KUBECONFIG, else in-cluster."""
-    if os.environ.get("KUBECONFIG"):
-        return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs)
+async def on_operator_login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """The same credentials as our own client, renewed when Kopf logs in again."""
+    login = await asyncio.to_thread(build_connection_info, memo.kube, memo.get("login"))
+    memo.login = login
+    return login
 
 
 @kopf.index("v1", "pods", labels={LABEL_AGENT: kopf.PRESENT})

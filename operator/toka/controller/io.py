@@ -92,6 +92,10 @@ async def missing_reference(kube: AsyncKube, namespace: str, spec: JSON) -> tupl
     git_creds = ((spec.get("workspace") or {}).get("git") or {}).get("credentialsSecretRef")
     if git_creds:
         refs.append((SECRETS, git_creds["name"], None, "workspace.git.credentialsSecretRef"))
+    for server in spec.get("mcpServers") or []:
+        if server.get("headersSecretRef"):
+            field = f"mcpServers[{server['name']}].headersSecretRef"
+            refs.append((SECRETS, server["headersSecretRef"]["name"], None, field))
     for res, name, key, field in refs:
         kind = "Secret" if res is SECRETS else "ConfigMap"
         try:

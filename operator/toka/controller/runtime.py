@@ -5,6 +5,10 @@ event on it, its agents or its pods; a share changed; a deadline) and then
 reconciles once; bursts of wake-ups coalesce into one reconcile. Nothing
 here chains on status edges: every reconcile recomputes from spec and the
 observed objects.
+
+With tracing on, each reconcile is a span in the trace of its object's run:
+the trace id derives from the object's uid (`tracing.trace_id_for`), as the
+Agent's kernel derives it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,14 +25,19 @@ from typing import Any
 from toka.api.conditions import make_condition, merge_conditions
 from toka.api.models import Agent, AgentLimits, AgentSession
 from toka.controller.builders.meta import owned_by
-from toka.controller.builders.names import LABEL_SESSION
+from toka.controller.builders.names import (
+    LABEL_SESSION,
+    recording_configmap_name,
+    result_configmap_name,
+)
 from toka.controller.builders.pod import (
     PodConfig,
+    build_agent_configmap,
     build_agent_pod,
-    build_result_configmap,
     build_role,
     build_role_binding,
     build_service_account,
+    is_recording,
 )
 from toka.controller.io import (
     OwnershipConflict,
@@ -38,6 +48,7 @@ from toka.controller.io import (
     patch_status,
     post_event,
 )
+from toka.controller.metrics import AgentSample, OperatorMetrics, SessionSample
 from toka.controller.reconcile.agent import compute_agent_plan, refuse_conflicting_child
 from toka.controller.reconcile.session import SessionPlan, compute_session_plan
 from toka.controller.results import ResultError, ensure_session_result
@@ -52,6 +63,7 @@ from toka.kube.client import (
     ApiError,
     AsyncKube,
 )
+from toka.tracing import NO_TRACER, Span, Tracer, trace_id_for
 
 JSON = dict[str, Any]
 Key = tuple[str, str]
@@ -65,6 +77,8 @@ class OperatorConfig:
     debounce_seconds: float = 0.05
     resync_seconds: float = 30.0
     stall_after_seconds: float = 60.0
+    # Where the operator serves its Prometheus metrics (`host:port`); None: nowhere.
+    metrics_addr: str | None = None
 
 
 def utcnow() -> datetime:
@@ -72,15 +86,17 @@ def utcnow() -> datetime:
 
 
 class Runtime:
-    def __init__(self, kube: AsyncKube, config: OperatorConfig):
+    def __init__(self, kube: AsyncKube, config: OperatorConfig, tracer: Tracer = NO_TRACER):
         self.kube = kube
         self.config = config
+        self.tracer = tracer
         self._wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
         self.shares: dict[Key, AgentLimits] = {}
         self._rbac_done: set[str] = set()
         self._denials_seen: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._models: dict[tuple[str, str], Agent] = {}
+        self.metrics = OperatorMetrics()
         # Agents a session creates at once: concurrent, but not a thundering herd.
         self._create_slots = asyncio.Semaphore(16)
 
@@ -94,6 +110,7 @@ class Runtime:
 
     def forget(self, kind: str, ns: str, name: str) -> None:
         self._wakeups.pop((kind, ns, name), None)
+        self.metrics.forget(kind, ns, name)
 
     async def loop(
         self,
@@ -127,6 +144,12 @@ class Runtime:
     # --- sessions -------------------------------------------------------------
 
     async def reconcile_session(self, body: JSON) -> float | None:
+        with self._traced("AgentSession", body) as span:
+            requeue = await self._reconcile_session(body)
+            span.set("toka.requeue_after_seconds", requeue)
+            return requeue
+
+    async def _reconcile_session(self, body: JSON) -> float | None:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         agents = await list_owned(self.kube, AGENTS, ns, f"{LABEL_SESSION}={name}", uid)
@@ -158,6 +181,17 @@ class Runtime:
         if status != _comparable(body.get("status")):
             await patch_status(self.kube, SESSIONS, name, ns, plan.status.merge_patch())
         self._post_events(body, plan.events)
+        usage = plan.status.usage
+        self.metrics.observe_session(
+            ns,
+            name,
+            SessionSample(
+                phase=plan.status.phase or "Pending",
+                requests=usage.requests if usage else 0,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+            ),
+        )
         return plan.requeue_after
 
     async def _session_result(self, body: JSON, plan: SessionPlan) -> None:
@@ -185,6 +219,14 @@ class Runtime:
     # --- agents ---------------------------------------------------------------
 
     async def reconcile_agent(
+        self, body: JSON, pods_of: Callable[[Key], list[JSON]]
+    ) -> float | None:
+        with self._traced("Agent", body) as span:
+            requeue = await self._reconcile_agent(body, pods_of)
+            span.set("toka.requeue_after_seconds", requeue)
+            return requeue
+
+    async def _reconcile_agent(
         self, body: JSON, pods_of: Callable[[Key], list[JSON]]
     ) -> float | None:
         meta = body["metadata"]
@@ -219,10 +261,18 @@ class Runtime:
                 await asyncio.gather(
                     ensure_created(self.kube, SERVICEACCOUNTS, build_service_account(body)),
                     ensure_created(self.kube, ROLES, build_role(body)),
-                    ensure_created(self.kube, CONFIGMAPS, build_result_configmap(body)),
+                    ensure_created(
+                        self.kube,
+                        CONFIGMAPS,
+                        build_agent_configmap(body, result_configmap_name(name)),
+                    ),
                 )
                 await ensure_created(self.kube, ROLEBINDINGS, build_role_binding(body))
                 self._rbac_done.add(uid)
+            if is_recording(body):
+                # Every pod, not once: `llm.record` may be turned on after the first pod.
+                recording = build_agent_configmap(body, recording_configmap_name(name))
+                await ensure_created(self.kube, CONFIGMAPS, recording)
             await ensure_created(
                 self.kube, PODS, build_agent_pod(body, plan.create_attempt, self.config.pod)
             )
@@ -240,9 +290,34 @@ class Runtime:
             )
         self._post_events(body, plan.events)
         await self._report_denials(body)
+        self.metrics.observe_agent(
+            ns,
+            name,
+            AgentSample(
+                phase=plan.status.phase or "Pending",
+                session=(meta.get("labels") or {}).get(LABEL_SESSION),
+                denials=_denials(body),
+            ),
+        )
         if terminal:
             self._rbac_done.discard(uid)
         return plan.requeue_after
+
+    def _traced(self, kind: str, body: JSON) -> AbstractContextManager[Span]:
+        """One reconcile's span, in the trace of the object's run."""
+        meta = body["metadata"]
+        return self.tracer.span(
+            f"reconcile {kind}",
+            {
+                "k8s.namespace.name": meta["namespace"],
+                "toka.kind": kind,
+                "toka.name": meta["name"],
+                "toka.uid": meta["uid"],
+                "toka.generation": meta.get("generation"),
+                "toka.phase": (body.get("status") or {}).get("phase"),
+            },
+            trace_id=trace_id_for(meta["uid"]),
+        )
 
     def _agent_model(self, body: JSON) -> Agent:
         """Parsed once per resourceVersion: a session re-reads all its agents on each wake."""
@@ -272,7 +347,7 @@ class Runtime:
         """Kernels cannot write Events; the operator turns new denials into Warnings."""
         uid = body["metadata"]["uid"]
         denials = ((body.get("status") or {}).get("run") or {}).get("denials") or {}
-        count = int(denials.get("count", 0))
+        count = _denials(body)
         seen = self._denials_seen.get(uid, 0)
         if count > seen:
             self._denials_seen[uid] = count
@@ -283,6 +358,12 @@ class Runtime:
                 "CapabilityDenied",
                 f"{count - seen} new denial(s), {count} in all; last: {denials.get('last', '')}",
             )
+
+
+def _denials(body: JSON) -> int:
+    """The kernel's count of denied requests (`status.run.denials.count`)."""
+    denials = ((body.get("status") or {}).get("run") or {}).get("denials") or {}
+    return int(denials.get("count", 0))
 
 
 def _comparable(status: JSON | None) -> JSON:

@@ -14,18 +14,23 @@ unify with the apiserver's.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 KUBERNETES_VERSION = "1.35.4"
 ETCD_VERSION = "3.6.16"
 HELM_VERSION = "3.22.0"
+# The Go module's version; its cmd/jaeger is Jaeger v2 (an OpenTelemetry Collector build).
+JAEGER_VERSION = "1.76.0"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
 
 
@@ -254,4 +259,82 @@ def ensure_helm(log: bool = True) -> Path:
     if proc.returncode != 0 or not _executable(path):
         raise BinariesError(f"building helm failed:\n{proc.stderr[-4000:]}")
     _say(log, f"built helm in {time.monotonic() - started:.0f}s")
+    return path
+
+
+def jaeger_path() -> Path:
+    return cache_dir() / f"jaeger-v{JAEGER_VERSION}" / "jaeger"
+
+
+def pinned_replaces(pinned_gomod: str) -> list[str]:
+    """The module's own `replace` directives that point at published modules (pure, tested).
+
+    `go install module@version` refuses a module whose go.mod replaces anything, so a
+    wrapper module requires it and repeats these; replacements by local paths are dropped.
+    """
+    out: list[str] = []
+    block = False
+    for line in pinned_gomod.splitlines():
+        text = line.split("//", 1)[0].strip()
+        if text == "replace (":
+            block = True
+            continue
+        if block and text == ")":
+            block = False
+            continue
+        if text.startswith("replace "):
+            text = text.removeprefix("replace ").strip()
+        elif not block:
+            continue
+        old, arrow, new = text.partition("=>")
+        if arrow and not new.strip().startswith(("./", "../", "/")):
+            out.append(f"{old.strip()} => {new.strip()}")
+    return out
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """One build at a time per binary, across processes (tests, benchmarks, the CLI)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_jaeger(log: bool = True) -> Path:
+    """Jaeger v2 (all-in-one: an OTLP receiver, in-memory storage, the query API) for the
+    tracing tests and benchmark, built from its Go module into the cache (once)."""
+    path = jaeger_path()
+    if _executable(path):
+        return path
+    go = shutil.which("go")
+    if go is None:
+        raise BinariesError(f"jaeger is not in {path.parent} and Go is not installed to build it")
+    with _build_lock(path.parent):
+        if _executable(path):
+            return path
+        _say(log, f"building Jaeger v2 (module v{JAEGER_VERSION}) into {path.parent} (once)")
+        started = time.monotonic()
+        module = "github.com/jaegertracing/jaeger"
+        work = cache_dir() / "build" / f"jaeger-v{JAEGER_VERSION}"
+        work.mkdir(parents=True, exist_ok=True)
+        pinned = _module_gomod(go, module, JAEGER_VERSION, work)
+        go_line = next((ln for ln in pinned.splitlines() if ln.startswith("go ")), "go 1.25.0")
+        replaces = "".join(f"replace {r}\n" for r in pinned_replaces(pinned))
+        (work / "go.mod").write_text(
+            f"module toka.dev/jaeger-build\n\n{go_line}\n\nrequire {module} v{JAEGER_VERSION}\n\n"
+            + replaces
+        )
+        (work / "tools.go").write_text(_TOOLS_GO.format(imports=f'\t_ "{module}/cmd/jaeger"\n'))
+        _go(go, ["mod", "tidy"], work)
+        tmp = path.with_name(f"jaeger.{os.getpid()}.tmp")
+        try:
+            _go(go, ["build", "-ldflags", "-s -w", "-o", str(tmp), f"{module}/cmd/jaeger"], work)
+            tmp.rename(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _say(log, f"built jaeger in {time.monotonic() - started:.0f}s")
     return path

@@ -25,8 +25,8 @@ from toka.api.crdgen import all_crds
 from toka.devcluster.binaries import ensure_binaries
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import AsyncKube
-from toka.kube.config import load_kubeconfig
 from toka.kube.crds import apply_cluster_manifests, ensure_crds
+from toka.kube.kubeconfig import load_kubeconfig
 
 STATE_FILE = "state.json"
 OPERATOR_PID = "operator.pid"

@@ -52,7 +52,8 @@ from toka.kube.client import (
     ApiError,
     AsyncKube,
 )
-from toka.kube.config import KubeConfig, load_kubeconfig
+from toka.kube.config import KubeConfig
+from toka.kube.kubeconfig import load_kubeconfig
 from toka.logs import configure
 
 log = logging.getLogger("toka.nodeagent")
@@ -1186,16 +1187,16 @@ def require_root() -> None:
         )
 
 
-def main(root: Path, kubeconfig: str | None) -> int:
+def main(root: Path, kubeconfig: str | None, context: str | None = None) -> int:
     require_root()
     configure()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if not path:
         raise SystemExit("toka node-agent: give --kubeconfig or set KUBECONFIG")
-    config = load_kubeconfig(path)
+    config = load_kubeconfig(path, context)
     hidden = tuple(
         {
-            Path(path).resolve().parent,
+            *(Path(p).resolve().parent for p in path.split(os.pathsep) if p),
             *(
                 Path(p).resolve().parent
                 for p in (config.ca_file, config.cert_file, config.key_file)

@@ -10,16 +10,21 @@ there, polled for changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
+from toka import tracing
 from toka.api.capabilities import Grant
-from toka.api.models import Agent
+from toka.api.models import Agent, Provider
+from toka.kernel.mcp import McpTools
 from toka.kernel.policy import Policy
+from toka.kernel.recording import RecordingWriter
 from toka.kernel.reporter import Reporter
 from toka.kernel.results import Remote, Results
 from toka.kernel.server import Kernel
@@ -28,17 +33,29 @@ from toka.kube.config import KubeConfig, in_cluster
 from toka.llm import LLMConfig, LLMGateway
 from toka.llm.errors import LLMError
 from toka.llm.metrics import GatewayMetrics
+from toka.llm.providers import make_provider
+from toka.llm.providers.replay import RecordingProvider
 from toka.llm.ratelimit import TokenBucket, TokenBudget
 from toka.llm.sanitize import Redactor
 from toka.logs import configure
 
 log = logging.getLogger("toka.kernel")
 POLL_SECONDS = 5.0
+MCP_START_SECONDS = 10.0
+MCP_LIST_SECONDS = 60.0  # how often servers are asked again for their tools
 
 
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host or "127.0.0.1", int(port)
+
+
+def _resource(ns: str) -> dict[str, str]:
+    """Where the spans come from, as the Kubernetes resource conventions name it."""
+    resource = {"k8s.namespace.name": ns, "k8s.container.name": "kernel"}
+    if os.environ.get("TOKA_POD_NAME"):
+        resource["k8s.pod.name"] = os.environ["TOKA_POD_NAME"]
+    return resource
 
 
 async def read_agent(kube: AsyncKube, ns: str, name: str, timeout: float = 120) -> Agent:
@@ -57,8 +74,24 @@ async def read_agent(kube: AsyncKube, ns: str, name: str, timeout: float = 120) 
         delay = min(delay * 2, 3)
 
 
+def mcp_tools(agent: Agent, redactor: Redactor) -> McpTools:
+    """The MCP client of `spec.mcpServers`; each server's header values join the redactor
+    when read, before they are first sent."""
+    root = os.environ.get("TOKA_MCP_DIR")
+    return McpTools(
+        agent.spec.mcp_servers or [],
+        headers_root=Path(root) if root else None,
+        on_secret=redactor.add,
+        redact=redactor,
+    )
+
+
 def build_gateway(
-    agent: Agent, registry: object, redactor: Redactor, reporter: Reporter
+    agent: Agent,
+    registry: object,
+    redactor: Redactor,
+    reporter: Reporter,
+    recorder: RecordingWriter | None = None,
 ) -> tuple[LLMGateway | None, str | None]:
     key_file = os.environ.get("TOKA_LLM_KEY_FILE")
     key = Path(key_file).read_text().strip() if key_file and Path(key_file).exists() else None
@@ -72,6 +105,9 @@ def build_gateway(
         )
     except LLMError as err:
         return None, str(err)
+    if config.debug:
+        # LLM_DEBUG: the gateway's redacted bodies, whatever the kernel's own log level.
+        logging.getLogger("toka.llm").setLevel(logging.DEBUG)
     limits = agent.status.limits if agent.status else None
     rpm = (
         limits.requests_per_minute
@@ -81,8 +117,16 @@ def build_gateway(
     used = reporter.run.usage.total if reporter.run.usage else 0
     budget = TokenBudget(limits.max_tokens if limits else None, used=used)
     try:
+        provider = None
+        if recorder is not None and config.provider != Provider.REPLAY:
+            for secret in config.secrets():
+                redactor.add(secret)
+            provider = RecordingProvider(
+                make_provider(config, redactor), recorder.path, recorder.agent, recorder
+            )
         gateway = LLMGateway(
             config,
+            provider,
             redactor=redactor,
             limiter=TokenBucket(rpm),
             budget=budget,
@@ -103,6 +147,20 @@ async def serve(config: KubeConfig | None = None) -> None:
         # The token is a secret too: never in a log line or an audit record.
         redactor.add(kube.config.bearer() or "")
     agent = await read_agent(kube, ns, name)
+    tracer = tracing.from_env("toka-kernel", os.environ, _resource(ns))
+    run_span = tracer.start(
+        f"invoke_agent {agent.spec.name or name}",
+        {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": agent.spec.name or name,
+            "gen_ai.agent.id": agent.metadata.uid,
+            "k8s.namespace.name": ns,
+            "toka.agent": name,
+            "toka.attempt": os.environ.get("TOKA_ATTEMPT"),
+        },
+        trace_id=tracing.trace_id_for(agent.metadata.uid or f"{ns}/{name}"),
+    )
+    tracer.default_parent = run_span
     heartbeat = float(os.environ.get("TOKA_HEARTBEAT_SECONDS", "10"))
     # Status text is redacted as audit lines are; the gateway's and git's secrets join below.
     reporter = Reporter(kube, ns, name, heartbeat_seconds=heartbeat, redact=redactor)
@@ -122,11 +180,24 @@ async def serve(config: KubeConfig | None = None) -> None:
         agent=name,
         redact=redactor,
         on_denial=reporter.denial,
+        tracer=tracer,
     )
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
-    gateway, gateway_error = build_gateway(agent, registry, redactor, reporter)
+    recorder = None
+    if os.environ.get("TOKA_RECORDING_CONFIGMAP"):
+        recorder = RecordingWriter(
+            kube,
+            ns,
+            os.environ["TOKA_RECORDING_CONFIGMAP"],
+            os.environ.get("TOKA_RECORDING_KEY") or f"{agent.spec.name or name}.json",
+            agent.spec.name or name,
+            Path(tempfile.gettempdir()) / "toka-recording.json",
+            redactor,
+        )
+        await recorder.resume()
+    gateway, gateway_error = build_gateway(agent, registry, redactor, reporter, recorder)
     if gateway is not None:
         for secret in gateway.config.secrets():
             redactor.add(secret)
@@ -158,7 +229,14 @@ async def serve(config: KubeConfig | None = None) -> None:
         tools_socket=os.environ.get("TOKA_TOOLS_SOCKET"),
         registry=registry,
         results=results,
+        tracer=tracer,
+        mcp=mcp_tools(agent, redactor),
     )
+    with contextlib.suppress(TimeoutError):
+        # The agent's first question is which tools it has: list them before we are ready,
+        # but a slow server only delays the start so long (it is retried afterwards).
+        async with asyncio.timeout(MCP_START_SECONDS):
+            await kernel.refresh_mcp()
     host, port = _split(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181"))
     runner = web.AppRunner(kernel.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -179,11 +257,13 @@ async def serve(config: KubeConfig | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     async def poll() -> None:
+        """The Agent, read again: capabilities (a revocation), spec and limits follow it.
+        Nothing MCP runs here (see `follow_mcp`), so no server can delay or stop it."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 fresh = Agent.model_validate(await kube.get(AGENTS, name, ns, sub="status"))
-            except (ApiError, OSError) as err:
+            except (ApiError, OSError, ValueError) as err:  # ValueError: not an Agent we read
                 log.info("polling Agent: %s", err)
                 continue
             policy.update(fresh.spec.capabilities or [])
@@ -192,11 +272,14 @@ async def serve(config: KubeConfig | None = None) -> None:
             if kernel.gateway is not None and limits is not None:
                 kernel.gateway.set_limits(limits.requests_per_minute, limits.max_tokens)
 
-    poller = asyncio.create_task(poll())
+    pollers = [asyncio.create_task(poll())]
+    if kernel.mcp is not None:
+        pollers.append(asyncio.create_task(follow_mcp(kernel)))
     await stop.wait()
     log.info("stopping: writing the last report")
     kernel.ready = False
-    poller.cancel()
+    for task in pollers:
+        task.cancel()
     if not await reporter.close(writer, float(os.environ.get("TOKA_SHUTDOWN_SECONDS", "10"))):
         log.warning("stopping with an unwritten report (the API server did not answer)")
     await runner.cleanup()
@@ -204,7 +287,31 @@ async def serve(config: KubeConfig | None = None) -> None:
         await metrics_runner.cleanup()
     await kernel.aclose()
     await kube.aclose()
+    run_span.end()
+    # The last spans (the run's own among them) are exported before the process ends.
+    await asyncio.to_thread(tracer.shutdown)
     log.info("stopped")
+
+
+async def follow_mcp(kernel: Kernel, interval: float = POLL_SECONDS) -> None:
+    """MCP servers as the polled spec names them, listed again every `MCP_LIST_SECONDS`
+    after the last listing ended (a slow server is not asked back to back), failed ones
+    retried: a task of its own, so a slow listing never holds up the poll, and nothing a
+    server does ends it."""
+    loop = asyncio.get_running_loop()
+    listed_at = loop.time()
+    while kernel.mcp is not None:
+        await asyncio.sleep(interval)
+        try:
+            changed = kernel.mcp.update(kernel.spec.mcp_servers or [])
+            if changed or loop.time() - listed_at >= MCP_LIST_SECONDS:
+                await kernel.refresh_mcp()
+                listed_at = loop.time()
+            else:
+                await kernel.refresh_mcp(only_failed=True)
+            kernel.report_mcp()
+        except Exception:
+            log.exception("following the MCP servers")
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
 """Default deny: every request is checked against the grant; every decision is audited.
 
 The audit record is one JSON line on stdout (the cluster's log pipeline
-keeps it); a denial also counts into `status.run.denials`.
+keeps it); a denial also counts into `status.run.denials`. With tracing on,
+each decision is also a span (`policy <op>`), a child of the tool call or LLM
+call it decided, carrying the same redacted fields as the audit line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TextIO
 
 from toka.api.capabilities import Capability, Grant, parse
 from toka.llm.sanitize import Redactor
+from toka.tracing import NO_TRACER, Tracer
 
 JSON = dict[str, Any]
 
@@ -35,8 +38,10 @@ class Policy:
         redact: Redactor,
         on_denial: Callable[[str], None] | None = None,
         out: TextIO | None = None,
+        tracer: Tracer = NO_TRACER,
     ):
         self.grant = grant
+        self.tracer = tracer
         self.agent = agent
         self.redact = redact
         self.on_denial = on_denial
@@ -86,6 +91,16 @@ class Policy:
         record.update({k: v for k, v in context.items() if v not in (None, "")})
         self.out.write(self.redact(json.dumps(record, default=str)) + "\n")
         self.out.flush()
+        if self.tracer.enabled:
+            self._trace(op, record)
+
+    def _trace(self, op: str, record: JSON) -> None:
+        attributes = {
+            f"toka.policy.{k}": self.redact(str(v))
+            for k, v in record.items()
+            if k not in ("ts", "audit", "agent", "op")
+        }
+        self.tracer.start(f"policy {op}", {"toka.policy.op": op, **attributes}).end()
 
 
 def valid_capabilities(texts: list[str]) -> tuple[list[Capability], list[str]]:

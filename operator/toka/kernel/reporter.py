@@ -41,6 +41,7 @@ import httpx
 from toka.api.base import MAX_DESCRIPTION, MAX_MESSAGE, MAX_NAME, MAX_SUMMARY, MAX_TASKS
 from toka.api.models import (
     Denials,
+    McpServerStatus,
     Observation,
     RunStatus,
     SandboxStatus,
@@ -269,6 +270,19 @@ class Reporter:
         last = self._text(("denials", "last"), reason, MAX_MESSAGE)
         self.run.denials = Denials(count=d.count + 1, last=last)
         self._touch()
+
+    def mcp_servers(self, servers: list[McpServerStatus]) -> None:
+        """Each MCP server's state; written only when it changed, so a kernel that lists
+        its servers again does not write status for nothing."""
+        clean = [
+            s.model_copy(
+                update={"message": self._clean(s.message, MAX_MESSAGE)[0] if s.message else None}
+            )
+            for s in servers
+        ]
+        if clean != (self.run.mcp_servers or []):
+            self.run.mcp_servers = clean or None
+            self._touch()
 
     def workspace(self, status: WorkspaceStatus) -> None:
         """The git work tree's state and result (dependents wait on it)."""

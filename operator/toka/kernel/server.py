@@ -3,7 +3,8 @@
     GET  /v1/agent                     who the agent is: tasks (with resume state), tools allowed
     POST /v1/messages                  EmitObservation, ReportProgress, TaskStarted, TaskCompleted,
                                        TaskFailed, SpawnSubAgent, ScheduleAgentTask
-    POST /v1/tools/{name}              fs.read, fs.write, fs.list, shell.exec, http.fetch
+    POST /v1/tools/{name}              fs.read, fs.write, fs.list, shell.exec, http.fetch,
+                                       and MCP servers' tools as mcp__<server>__<tool>
     POST /v1/llm/complete              an LLM call through the gateway
     POST /openai/v1/chat/completions   the same, OpenAI-compatible (stream too), no key needed
     GET  /healthz, /readyz
@@ -14,13 +15,16 @@ provider's failure is a 502/503/504 naming the provider.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import httpx
 from aiohttp import web
@@ -28,8 +32,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from toka.api.base import MAX_CAPABILITIES, MAX_DESCRIPTION, MAX_NAME
-from toka.api.capabilities import CapabilityError, parse
-from toka.api.models import AgentSpec, SandboxMode, SpawnRequest, TaskSpec
+from toka.api.capabilities import MCP_PREFIX, CapabilityError, parse
+from toka.api.models import (
+    MCP_SERVER_ERROR,
+    MCP_TOOL_MISSING,
+    MCP_UNAUTHORIZED,
+    MCP_UNREACHABLE,
+    AgentSpec,
+    SandboxMode,
+    SpawnRequest,
+    TaskSpec,
+)
+from toka.kernel.mcp import McpError, McpTool, McpTools, split_llm_name
 from toka.kernel.netfetch import FetchRefused, Resolve, fetch, system_resolve
 from toka.kernel.policy import Decision, Policy
 from toka.kernel.reporter import Reporter
@@ -52,6 +66,7 @@ from toka.llm import (
 from toka.llm.errors import ConfigError, InvalidResponse
 from toka.llm.types import CallStats, TextDelta, Usage
 from toka.paths import PathError, canonical_path
+from toka.tracing import NO_TRACER, Span, Tracer
 
 log = logging.getLogger("toka.kernel")
 JSON = dict[str, Any]
@@ -60,6 +75,7 @@ MAX_OBSERVATION = 1024 * 1024
 OPENAI_RATE_WAIT = 20.0
 MAX_TURN_COUNTERS = 256  # tasks whose OpenAI-style turns are counted; the oldest go first
 MAX_TURN = 100_000
+MCP_RETRY_WAIT = 5.0
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Big = Annotated[str, StringConstraints(max_length=MAX_OBSERVATION)]
 
@@ -164,7 +180,8 @@ class WireMessage(_Strict):
 
 class LLMCall(_Strict):
     messages: list[WireMessage] = Field(min_length=1, max_length=512)
-    tools: list[ToolSpec] = Field(default_factory=list, max_length=64)
+    # The built-in tools, spawn_agent, finish_task and at most 64 MCP tools.
+    tools: list[ToolSpec] = Field(default_factory=list, max_length=128)
     task: Annotated[str, StringConstraints(max_length=MAX_NAME)] = ""
     turn: int = Field(default=0, ge=0, le=MAX_TURN)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -173,6 +190,14 @@ class LLMCall(_Strict):
 
 def _error(status: int, reason: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": reason, "message": message, **extra}, status=status)
+
+
+def _reason(resp: web.Response) -> str:
+    """The `error` of one of the kernel's own error answers (see `_error`)."""
+    try:
+        return str(json.loads(resp.text or "{}").get("error") or f"http_{resp.status}")
+    except (ValueError, AttributeError):
+        return f"http_{resp.status}"
 
 
 def _validation(err: ValidationError) -> str:
@@ -195,8 +220,11 @@ class Kernel:
         resolve: Resolve = system_resolve,
         registry: CollectorRegistry | None = None,
         results: Results | None = None,
+        tracer: Tracer = NO_TRACER,
+        mcp: McpTools | None = None,
     ):
         self.agent = agent
+        self.tracer = tracer
         self.spec = spec
         self.policy = policy
         self.reporter = reporter
@@ -212,6 +240,7 @@ class Kernel:
         self.results = results
         if results is not None:
             results.attach(self._tools)
+        self.mcp = mcp
         self._follow_ups: dict[str, str] = {}
         self._sandbox: JSON | None = None
         self._openai_turns: dict[str, int] = {}
@@ -225,6 +254,8 @@ class Kernel:
 
     async def aclose(self) -> None:
         await self._tools.aclose()
+        if self.mcp is not None:
+            await self.mcp.aclose()
         if self.results is not None:
             await self.results.aclose()
         if self.gateway is not None:
@@ -290,7 +321,22 @@ class Kernel:
 
     def allowed_tools(self) -> list[ToolSpec]:
         grant = self.policy.grant
-        return [t.spec for t in TOOLS.values() if f"{t.domain}:{t.action}" in grant]
+        builtin = [t.spec for t in TOOLS.values() if f"{t.domain}:{t.action}" in grant]
+        mcp = self.mcp.offered(self._mcp_granted) if self.mcp is not None else []
+        return builtin + [t.spec for t in mcp]
+
+    def _mcp_granted(self, tool: McpTool) -> bool:
+        return self.policy.grant.permits("mcp", tool.server, tool.name) is not None
+
+    def report_mcp(self) -> None:
+        """`status.run.mcpServers` as the servers and the grant now stand."""
+        if self.mcp is not None and self.mcp.servers:
+            self.reporter.mcp_servers(self.mcp.statuses(self._mcp_granted))
+
+    async def refresh_mcp(self, *, only_failed: bool = False) -> None:
+        if self.mcp is not None and self.mcp.servers:
+            await self.mcp.refresh(only_failed=only_failed)
+            self.report_mcp()
 
     async def _workspace_gate(self) -> web.Response | None:
         """Nothing runs on a workspace that failed to be set up (a merge conflict, say)."""
@@ -304,6 +350,11 @@ class Kernel:
 
     async def describe(self, _: web.Request) -> web.Response:
         workspace = await self.results.refresh() if self.results is not None else None
+        # A server that was down gets another chance before the agent learns its tools,
+        # for a few seconds at most: the answer is the agent's, not the server's.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MCP_RETRY_WAIT):
+                await self.refresh_mcp(only_failed=True)
         spec = self.spec
         run = self.reporter.run
         states = {t.name: t for t in run.tasks or []}
@@ -424,6 +475,25 @@ class Kernel:
 
     async def tool(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        # Only names of real tools name spans: anything else would grow the span names.
+        mcp = name.startswith(MCP_PREFIX) and self.mcp is not None and self.mcp.find(name)
+        known = name in TOOLS or bool(mcp)
+        with self.tracer.span(
+            f"execute_tool {name}" if known else "execute_tool",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name if known else None,
+                "gen_ai.tool.type": "extension" if mcp else "function",
+            },
+        ) as span:
+            resp = await self._tool(request, name)
+            if resp.status >= 400 and span.recording:
+                span.fail(_reason(resp), f"HTTP {resp.status}")
+            return resp
+
+    async def _tool(self, request: web.Request, name: str) -> web.Response:
+        if name.startswith(MCP_PREFIX):
+            return await self._mcp_tool(request, name)
         tool = TOOLS.get(name)
         if tool is None:
             return _error(
@@ -434,7 +504,8 @@ class Kernel:
             return _error(400, "bad_request", "the body must be a JSON object of arguments")
         from toka.llm.validate import schema_errors
 
-        problems = schema_errors(args, tool.spec.parameters)
+        # The kernel's own schemas: their patterns are ours, and applied.
+        problems = schema_errors(args, tool.spec.parameters, patterns=True)
         if problems:
             return _error(422, "invalid", "; ".join(problems[:5]))
         gate = await self._workspace_gate()
@@ -478,6 +549,78 @@ class Kernel:
         if name == "fs.list":
             answer = self._covered(answer)
         return web.json_response(answer)
+
+    async def _mcp_tool(self, request: web.Request, name: str) -> web.Response:
+        """A tool of an MCP server: granted per tool (`mcp:<server>:<tool-glob>`), its
+        arguments checked against the schema the server listed, then called by the kernel,
+        which alone holds the server's credential.
+
+        The tool is found first (its server listed again if the name is new), and the
+        grant is checked on its real name: an LLM name only spells it (`search.delete`
+        is `mcp__docs__search_delete`), and `mcp:docs:search_*` must not reach it. A name
+        no tool has is checked as spelled, so that a name not granted is refused alike
+        whether a tool has it or not."""
+        args = await self._json(request)
+        if not isinstance(args, dict):
+            return _error(400, "bad_request", "the body must be a JSON object of arguments")
+        mcp = self.mcp
+        tool = mcp.find(name) if mcp is not None else None
+        spelled = split_llm_name(name)
+        if (
+            tool is None
+            and mcp is not None
+            and spelled
+            and spelled[0] in mcp.servers
+            and any(c.key == f"mcp:{spelled[0]}" for c in self.policy.grant.capabilities)
+        ):
+            # Listed since the agent last asked, or gone: the server says which (not
+            # asked for an agent that may call none of its tools).
+            await mcp.relist(spelled[0])
+            self.report_mcp()
+            tool = mcp.find(name)
+        server, tool_name = (tool.server, tool.name) if tool else spelled or ("", "")
+        if not server:
+            return _error(
+                404, "unknown_tool", f"{name[:100]!r} is not an MCP tool: mcp__<server>__<tool>"
+            )
+        decision = self.policy.check("mcp.call", "mcp", server, tool_name, server=server)
+        self.decisions.labels("mcp.call", "allow" if decision.allowed else "deny").inc()
+        if not decision.allowed:
+            return _error(403, "denied", decision.reason)
+        if mcp is None or server not in mcp.servers:
+            return _error(404, "unknown_tool", f"no MCP server {server!r} in spec.mcpServers")
+        gate = await self._workspace_gate()
+        if gate is not None:
+            return gate
+        if tool is None:
+            failure = mcp.failure(server)
+            if failure is not None:
+                return _mcp_failure(server, failure)
+            shared = [t.name for t in mcp.shared.get(name, [])]
+            if shared:
+                return _error(
+                    404,
+                    "tool_missing",
+                    f"{name!r} stands for several tools ({', '.join(shared)}): none is callable",
+                )
+            return _error(404, "tool_missing", f"MCP server {server!r} lists no tool {tool_name!r}")
+        from toka.llm.validate import schema_errors
+
+        # Not the server's patterns (see toka.llm.validate): it validates its own input.
+        problems = schema_errors(args, tool.schema)
+        if problems:
+            return _error(
+                400,
+                "invalid_arguments",
+                f"arguments of {tool.name!r} do not match its schema: {'; '.join(problems[:5])}",
+            )
+        try:
+            answer = await mcp.call(tool, args)
+        except McpError as err:
+            return _mcp_failure(server, err)
+        finally:
+            self.report_mcp()
+        return web.json_response({"server": server, "tool": tool.name, **answer})
 
     def _covered(self, listing: JSON) -> JSON:
         """Tools list every name below the directory; the agent sees those its grant
@@ -627,6 +770,80 @@ class Kernel:
             return _error(504 if err.reason == "timeout" else 503, "provider_unavailable", str(err))
         return _error(502, "llm_error", str(err))
 
+    def _chat(self, req: CompletionRequest, *, stream: bool = False) -> tuple[str, JSON]:
+        """The name and attributes of one LLM call's span (a GenAI `chat` span)."""
+        assert self.gateway is not None
+        config = self.gateway.config
+        model = req.model or config.model
+        return f"chat {model}", {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self.gateway.provider.name,
+            "gen_ai.request.model": model,
+            "gen_ai.request.max_tokens": config.output_cap(req.max_tokens),
+            "gen_ai.request.temperature": req.temperature,
+            "gen_ai.request.stream": stream,
+            "server.address": urlsplit(config.endpoint).hostname,
+            "toka.task": req.task or None,
+            "toka.turn": req.turn,
+        }
+
+    def _asked(self, span: Span, req: CompletionRequest) -> None:
+        """The prompt goes on the span only with LLM_DEBUG, redacted as the debug log is."""
+        if span.recording and self.gateway is not None and self.gateway.config.debug:
+            messages = json.dumps([m.model_dump() for m in req.messages])
+            span.event(
+                "gen_ai.client.inference.operation.details",
+                {"gen_ai.input.messages": self.policy.redact(messages)},
+            )
+
+    def _charged(self, span: Span) -> Callable[[Usage], None]:
+        """The charge hook: the agent's usage, and the same tokens on the call's span."""
+        if not span.recording:
+            return self._account
+
+        def charge(usage: Usage) -> None:
+            self._account(usage)
+            span.update(
+                {
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                }
+            )
+
+        return charge
+
+    def _answered(self, span: Span, completion: Completion) -> None:
+        if not span.recording:
+            return
+        span.update(
+            {
+                "gen_ai.response.model": completion.model or None,
+                "gen_ai.response.finish_reasons": [completion.stop_reason],
+            }
+        )
+        if self.gateway is not None and self.gateway.config.debug:
+            span.event(
+                "gen_ai.client.inference.operation.details",
+                {"gen_ai.output.messages": self.policy.redact(completion.model_dump_json())},
+            )
+
+    async def _observed(
+        self, stream: AsyncGenerator[TextDelta | Completion | CallStats, None], span: Span
+    ) -> AsyncGenerator[TextDelta | Completion | CallStats, None]:
+        """The gateway's stream, its answer and failure recorded on the call's span, which
+        ends when the stream is closed."""
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, Completion):
+                        self._answered(span, item)
+                    yield item
+        except LLMError as err:
+            span.fail(err.reason)
+            raise
+        finally:
+            span.end()
+
     def _account(self, usage: Usage) -> None:
         """The gateway's charge for one call (every attempt, failed or abandoned too)."""
         self.reporter.usage(usage.input_tokens, usage.output_tokens)
@@ -650,10 +867,14 @@ class Kernel:
             task=call.task,
             turn=call.turn,
         )
-        try:
-            completion, stats = await self.gateway.complete(req, on_charge=self._account)
-        except LLMError as err:
-            return self._llm_failure(err)
+        with self.tracer.span(*self._chat(req)) as span:
+            self._asked(span, req)
+            try:
+                completion, stats = await self.gateway.complete(req, on_charge=self._charged(span))
+            except LLMError as err:
+                span.fail(err.reason)
+                return self._llm_failure(err)
+            self._answered(span, completion)
         return web.json_response(
             {"completion": completion.model_dump(), "stats": stats.model_dump()}
         )
@@ -685,12 +906,16 @@ class Kernel:
         if not req.turn:
             req.turn = self._next_turn(req.task)
         if not stream:
-            try:
-                completion, _ = await self.gateway.complete(
-                    req, max_rate_wait=OPENAI_RATE_WAIT, on_charge=self._account
-                )
-            except LLMError as err:
-                return self._openai_error(err)
+            with self.tracer.span(*self._chat(req)) as span:
+                self._asked(span, req)
+                try:
+                    completion, _ = await self.gateway.complete(
+                        req, max_rate_wait=OPENAI_RATE_WAIT, on_charge=self._charged(span)
+                    )
+                except LLMError as err:
+                    span.fail(err.reason)
+                    return self._openai_error(err)
+                self._answered(span, completion)
             return web.json_response(_to_openai(completion, req))
         return await self._openai_stream(request, req)
 
@@ -723,7 +948,12 @@ class Kernel:
         self, request: web.Request, req: CompletionRequest
     ) -> web.StreamResponse:
         assert self.gateway is not None
-        stream = self.gateway.stream(req, max_rate_wait=OPENAI_RATE_WAIT, on_charge=self._account)
+        span = self.tracer.start(*self._chat(req, stream=True))
+        self._asked(span, req)
+        stream = self._observed(
+            self.gateway.stream(req, max_rate_wait=OPENAI_RATE_WAIT, on_charge=self._charged(span)),
+            span,
+        )
         # Closed on every way out, the agent hanging up included: closing settles the call.
         async with aclosing(stream):
             try:
@@ -806,6 +1036,16 @@ class Kernel:
             turn=turn,
         )
         return req, bool(body.get("stream"))
+
+
+def _mcp_failure(server: str, err: McpError) -> web.Response:
+    status, reason = {
+        MCP_UNREACHABLE: (503, "mcp_unavailable"),
+        MCP_UNAUTHORIZED: (502, "mcp_unauthorized"),
+        MCP_TOOL_MISSING: (404, "tool_missing"),
+        MCP_SERVER_ERROR: (502, "mcp_server_error"),
+    }.get(err.reason, (502, "mcp_protocol_error"))
+    return _error(status, reason, f"MCP server {server!r}: {err.message}", mcp_reason=err.reason)
 
 
 def _openai_max_tokens(body: JSON) -> int | None:

@@ -133,12 +133,25 @@ class AsyncKube:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    async def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
-        token = self.config.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        if self.config.credential is not None:
+            # An exec plugin may run here: not on the event loop.
+            authorization = await asyncio.to_thread(self.config.authorization)
+        else:
+            authorization = self.config.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
+
+    async def _renewed(self, refused: httpx.Response) -> bool:
+        """After a 401: whether the credential was obtained again, so the call is worth
+        repeating once (a token revoked or expired before its stated time)."""
+        credential = self.config.credential
+        if credential is None or refused.status_code != 401:
+            return False
+        await asyncio.to_thread(credential.renew, refused.request.headers.get("Authorization"))
+        return True
 
     async def request(
         self,
@@ -151,17 +164,23 @@ class AsyncKube:
         accept: str | None = None,
         timeout: float | None = None,
     ) -> Any:
-        headers = self._headers({"Content-Type": content_type} if body is not None else None)
-        if accept:
-            headers["Accept"] = accept
-        resp = await self._client.request(
-            method,
-            path,
-            content=json.dumps(body) if body is not None else None,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers=headers,
-            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-        )
+        content = json.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            headers = await self._headers(
+                {"Content-Type": content_type} if body is not None else None
+            )
+            if accept:
+                headers["Accept"] = accept
+            resp = await self._client.request(
+                method,
+                path,
+                content=content,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            if resp.status_code < 400 or attempt == 2 or not await self._renewed(resp):
+                break
         if resp.status_code >= 400:
             raise _error(resp)
         return resp.json() if resp.content else {}
@@ -291,29 +310,33 @@ class AsyncKube:
             "fieldSelector": field_selector,
             "timeoutSeconds": str(timeout_seconds),
         }
-        async with self._client.stream(
-            "GET",
-            res.path(namespace),
-            params={k: v for k, v in params.items() if v is not None},
-            headers=self._headers(),
-            timeout=httpx.Timeout(timeout_seconds + 30, connect=5.0),
-        ) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                raise _error(resp)
-            async for line in resp.aiter_lines():
-                if not line:
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    status = event.get("object", {})
-                    raise ApiError(
-                        int(status.get("code", 500)),
-                        str(status.get("reason", "")),
-                        str(status.get("message", "")),
-                        status,
-                    )
-                yield event
+        for attempt in (1, 2):
+            async with self._client.stream(
+                "GET",
+                res.path(namespace),
+                params={k: v for k, v in params.items() if v is not None},
+                headers=await self._headers(),
+                timeout=httpx.Timeout(timeout_seconds + 30, connect=5.0),
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    if attempt == 1 and await self._renewed(resp):
+                        continue
+                    raise _error(resp)
+                async for line in resp.aiter_lines():
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object", {})
+                        raise ApiError(
+                            int(status.get("code", 500)),
+                            str(status.get("reason", "")),
+                            str(status.get("message", "")),
+                            status,
+                        )
+                    yield event
+                return
 
     async def list_and_watch(
         self,

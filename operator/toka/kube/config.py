@@ -1,27 +1,36 @@
-"""Where the API server is and who we are to it: kubeconfig, in-cluster, token file.
+"""Where the API server is and who we are to it: the lean part, in-cluster included.
 
 A ServiceAccount token is read from its file on every request (`token_file`),
 because projected tokens rotate; a cached token would expire under a
-long-running kernel.
+long-running kernel. A kubeconfig's credentials (exec plugins, auth
+providers, merged files, contexts) come from the `kubernetes` library, in
+`toka.kube.kubeconfig`: the kernel imports only this module and must stay
+within its memory budget, so nothing here may import that library.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Protocol
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class ConfigError(RuntimeError):
     """No usable cluster configuration."""
+
+
+class Credential(Protocol):
+    """A credential that can be obtained again, such as an exec plugin's token."""
+
+    def authorization(self) -> str | None:
+        """The `Authorization` header value, obtained again when it is about to expire."""
+
+    def renew(self, refused: str | None) -> None:
+        """The server refused `refused` (401): obtain a new one, unless already done."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class KubeConfig:
     token_file: str | None = None
     namespace: str = "default"
     insecure: bool = False
+    credential: Credential | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)
@@ -49,6 +59,17 @@ class KubeConfig:
         if self.token_file:
             return Path(self.token_file).read_text().strip()
         return self.token
+
+    def authorization(self) -> str | None:
+        """The `Authorization` header value: the credential's, else the bearer token's.
+
+        A credential may run a program (an exec plugin): async callers run this
+        in a thread when `credential` is set.
+        """
+        if self.credential is not None:
+            return self.credential.authorization()
+        token = self.bearer()
+        return f"Bearer {token}" if token else None
 
     def with_token_file(self, token_file: str) -> KubeConfig:
         """Same server and CA, authenticated by a token file instead of our credentials."""
@@ -70,49 +91,6 @@ class KubeConfig:
         )
 
 
-def _materialise(data_b64: str, suffix: str) -> str:
-    """kubeconfig `*-data` fields as files, since ssl wants paths."""
-    fd, path = tempfile.mkstemp(prefix="toka-kubeconfig-", suffix=suffix)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(base64.b64decode(data_b64))
-    os.chmod(path, 0o600)
-    return path
-
-
-def load_kubeconfig(path: str | os.PathLike[str], context: str | None = None) -> KubeConfig:
-    doc: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
-    ctx_name = context or doc.get("current-context")
-    contexts = {c["name"]: c["context"] for c in doc.get("contexts", [])}
-    if ctx_name not in contexts:
-        raise ConfigError(f"kubeconfig {path}: context {ctx_name!r} not found")
-    ctx = contexts[ctx_name]
-    cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
-    user: dict[str, Any] = next(
-        (u["user"] for u in doc.get("users", []) if u["name"] == ctx.get("user")), {}
-    )
-    base = Path(path).parent
-
-    def file_or_data(file_key: str, data_key: str, section: dict[str, Any], sfx: str) -> str | None:
-        if section.get(file_key):
-            return str((base / section[file_key]).resolve())
-        if section.get(data_key):
-            return _materialise(section[data_key], sfx)
-        return None
-
-    return KubeConfig(
-        server=cluster["server"].rstrip("/"),
-        ca_file=file_or_data(
-            "certificate-authority", "certificate-authority-data", cluster, ".crt"
-        ),
-        cert_file=file_or_data("client-certificate", "client-certificate-data", user, ".crt"),
-        key_file=file_or_data("client-key", "client-key-data", user, ".key"),
-        token=user.get("token"),
-        token_file=user.get("tokenFile"),
-        namespace=ctx.get("namespace", "default"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-    )
-
-
 def in_cluster(sa_dir: Path = SA_DIR) -> KubeConfig:
     host, port = (
         os.environ.get("KUBERNETES_SERVICE_HOST"),
@@ -128,22 +106,4 @@ def in_cluster(sa_dir: Path = SA_DIR) -> KubeConfig:
         ca_file=str(sa_dir / "ca.crt"),
         token_file=str(sa_dir / "token"),
         namespace=ns_file.read_text().strip() if ns_file.exists() else "default",
-    )
-
-
-def from_env(context: str | None = None) -> KubeConfig:
-    """$KUBECONFIG, else in-cluster, else ~/.kube/config."""
-    env = os.environ.get("KUBECONFIG")
-    if env:
-        return load_kubeconfig(env.split(os.pathsep)[0], context)
-    try:
-        return in_cluster()
-    except ConfigError:
-        pass
-    default = Path.home() / ".kube" / "config"
-    if default.exists():
-        return load_kubeconfig(default, context)
-    raise ConfigError(
-        "no cluster configuration: set KUBECONFIG, run in a pod, or create ~/.kube/config "
-        "(for a local cluster: `toka dev up`)"
     )

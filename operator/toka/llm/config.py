@@ -2,19 +2,21 @@
 
 The seed's environment variables still work (`ANTHROPIC_API_KEY`,
 `OPENAI_API_KEY`, `LLM_PROVIDER`, `LLM_MODEL`, `LLM_BASE_URL`,
-`LLM_RATE_LIMIT` default 60/min, `LLM_TIMEOUT` default 30 s, `LLM_DEBUG`).
+`LLM_RATE_LIMIT` default 60/min, `LLM_TIMEOUT` default 30 s, `LLM_DEBUG`), and
+OpenAI's `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID` (identifiers, not secrets).
 A provider is picked from the keys present only when none is named; keys are
 `SecretStr`, so a repr or a log line never shows them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
-from toka.api.models import LLMSpec, Provider
+from toka.api.models import OPENAI_ID_PATTERN, LLMSpec, Provider
 from toka.llm.errors import ConfigError
 
 DEFAULT_MODELS = {
@@ -41,6 +43,8 @@ class LLMConfig(BaseModel):
     max_tokens: int = 4096  # per call: an agent may ask for fewer, never more
     temperature: float = 0.3
     debug: bool = False
+    organization: str | None = None  # OpenAI-Organization header
+    project: str | None = None  # OpenAI-Project header
     max_attempts: int = 5
     max_retry_after_seconds: float = 60.0
 
@@ -110,6 +114,7 @@ class LLMConfig(BaseModel):
             max_tokens=spec.max_tokens or 4096,
             temperature=float(spec.temperature) if spec.temperature is not None else 0.3,
             debug=env.get("LLM_DEBUG", "").lower() in _TRUE,
+            **_openai_ids(named, spec, env),
         )
 
     @classmethod
@@ -126,6 +131,23 @@ def _provider(value: str | None) -> Provider | None:
         raise ConfigError(
             f"LLM_PROVIDER={value!r} is not one of {', '.join(p.value for p in Provider)}"
         ) from None
+
+
+def _openai_ids(named: Provider, spec: LLMSpec, env: Mapping[str, str]) -> dict[str, str | None]:
+    """OpenAI's organization and project: the Agent's, else the environment's; only for
+    the providers that speak OpenAI's API."""
+    if named not in (Provider.OPENAI, Provider.OPENAI_COMPATIBLE):
+        return {"organization": None, "project": None}
+    found: dict[str, str | None] = {}
+    for field, variable in (("organization", "OPENAI_ORG_ID"), ("project", "OPENAI_PROJECT_ID")):
+        value = getattr(spec, field) or env.get(variable) or None
+        if value is not None and (len(value) > 128 or not re.fullmatch(OPENAI_ID_PATTERN, value)):
+            raise ConfigError(
+                f"{variable}={value[:40]!r} is not an OpenAI ID (letters, digits, '_.:-', "
+                "at most 128)"
+            )
+        found[field] = value
+    return found
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

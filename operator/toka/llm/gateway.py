@@ -39,7 +39,7 @@ from toka.llm.ratelimit import (
     estimate_input_tokens,
     estimate_output_tokens,
 )
-from toka.llm.sanitize import Redactor, sanitize_request
+from toka.llm.sanitize import Redactor, for_log, sanitize_request
 from toka.llm.types import (
     CallStats,
     ChatMessage,
@@ -272,6 +272,7 @@ class LLMGateway:
                             self._count_retry(last)
                         use, held, wait = await self._admit(clean, limit, bill)
                         waited += wait
+                        self._debug("request", use)
                         answer: Completion | None = None
                         items = self.provider.stream(use)
                         try:
@@ -324,7 +325,7 @@ class LLMGateway:
                 if hasattr(payload, "model_dump_json")
                 else json.dumps(payload)
             )
-            log.debug("llm %s: %s", what, self.redact(body))
+            log.debug("llm %s: %s", what, for_log(body, self.redact))
 
     def _record_success(
         self,

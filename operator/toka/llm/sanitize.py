@@ -11,12 +11,14 @@ status or Events.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from toka.llm.types import ChatMessage, CompletionRequest
 
 MAX_MESSAGE_CHARS = 200_000
 MAX_REQUEST_CHARS = 1_000_000
+MAX_LOG_CHARS = 8_192  # per body in an LLM_DEBUG log line
+MIN_SECRET_CHARS = 6  # a shorter configured value would redact ordinary words: it is not
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SECRET_FORMATS = [
     re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
@@ -58,7 +60,7 @@ class Redactor:
     def add(self, value: str) -> None:
         value = value.strip()
         # Very short values would redact ordinary words; they are not real keys.
-        if len(value) >= 6 and value not in self._values:
+        if len(value) >= MIN_SECRET_CHARS and value not in self._values:
             self._values.append(value)
             self._values.sort(key=len, reverse=True)
 
@@ -69,6 +71,15 @@ class Redactor:
         for pattern in _SECRET_FORMATS:
             text = pattern.sub(REDACTED, text)
         return text
+
+
+def for_log(text: str, redact: Callable[[str], str], limit: int = MAX_LOG_CHARS) -> str:
+    """A body as a debug log line may show it: redacted whole first (a cut must never
+    leave a secret's prefix behind), then capped."""
+    text = redact(text)
+    if len(text) > limit:
+        return f"{text[:limit]}… [{len(text) - limit} more characters]"
+    return text
 
 
 def clean_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> tuple[str, bool]:

@@ -1,10 +1,15 @@
-"""An Agent object from a session's agent template: the session's defaults resolved in."""
+"""An Agent object from a session's agent template: the session's defaults resolved in.
+
+The kernel reads only its Agent, so whatever the session contributes (LLM
+defaults, MCP servers, workspace) is written into the Agent's spec here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from toka.api.base import GROUP_VERSION
+from toka.api.capabilities import Grant
 from toka.api.models import (
     Agent,
     AgentLimits,
@@ -13,6 +18,7 @@ from toka.api.models import (
     AgentTemplate,
     HandoffEntry,
     LLMSpec,
+    McpServer,
     SessionRef,
     SpawnRequest,
 )
@@ -49,14 +55,34 @@ def resolve_llm(session: LLMSpec | None, agent: LLMSpec | None, agent_name: str)
     return llm
 
 
+def merge_mcp_servers(
+    session: list[McpServer] | None, agent: list[McpServer] | None
+) -> list[McpServer] | None:
+    """The session's servers and the agent's own; the agent's entry wins by name."""
+    merged = {server.name: server for server in session or []}
+    merged.update((server.name, server) for server in agent or [])
+    return list(merged.values()) or None
+
+
+def granted_mcp_servers(
+    servers: list[McpServer] | None, capabilities: list[str] | None
+) -> list[McpServer] | None:
+    """The servers some `mcp:<server>:…` capability names: a spawned child gets no other
+    server's credential into its pod."""
+    grant = Grant.from_strings(capabilities or [])
+    named = {cap.action for cap in grant.capabilities if cap.domain == "mcp"}
+    return [server for server in servers or [] if server.name in named] or None
+
+
 def build_agent(session_body: JSON, template: AgentTemplate, handoff: list[HandoffEntry]) -> JSON:
     session = AgentSession.model_validate(session_body)
     name = agent_object_name(session_body["metadata"]["name"], template.name)
     spec = AgentSpec(
-        **template.model_dump(exclude={"llm"}),
+        **template.model_dump(exclude={"llm", "mcp_servers"}),
         session_ref=SessionRef(name=session_body["metadata"]["name"]),
         workstream=session.spec.workstream,
         llm=resolve_llm(session.spec.llm, template.llm, template.name),
+        mcp_servers=merge_mcp_servers(session.spec.mcp_servers, template.mcp_servers),
         handoff=handoff or None,
         workspace=session.spec.workspace,
         pod_template=session.spec.pod_template,
@@ -108,6 +134,7 @@ def build_child_agent(
         name=request.name,
         domain=parent.spec.domain,
         capabilities=request.capabilities,
+        mcp_servers=granted_mcp_servers(parent.spec.mcp_servers, request.capabilities),
         tasks=request.tasks,
         llm=llm,
         resources=parent.spec.resources,

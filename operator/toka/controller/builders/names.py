@@ -45,6 +45,11 @@ def result_configmap_name(agent: str) -> str:
     return f"{agent}.result"
 
 
+def recording_configmap_name(agent: str) -> str:
+    """The ConfigMap an Agent's kernel writes its recording to, in record mode."""
+    return f"{agent}.recording"
+
+
 def session_result_configmap_name(session: str) -> str:
     """The ConfigMap holding a session's result bundle."""
     return f"{session}.session-result"

@@ -8,6 +8,9 @@ Three containers, and what each may hold:
 | `tools` (native sidecar, second) | no | no | yes | yes |
 | `agent` (main) | no | no | no | no |
 
+The git credential and the MCP servers' header Secrets go where the provider
+key goes: into the kernel only, the one container that talks to those servers.
+
 `automountServiceAccountToken: false`; every container non-root with a
 read-only root, no capabilities, no privilege escalation, seccomp
 RuntimeDefault; `tools` runs as another UID than `kernel`.
@@ -30,6 +33,7 @@ from toka.controller.builders.names import (
     MANAGED_BY,
     agent_object_name,
     pod_name,
+    recording_configmap_name,
     result_configmap_name,
 )
 
@@ -41,6 +45,9 @@ REPLAY_DIR = "/etc/toka/replay"
 SOCKET_DIR = "/run/toka"
 GIT_TOKEN_FILE = f"{SOCKET_DIR}/git-token"
 GIT_CREDENTIALS_DIR = "/etc/toka/git"
+# One directory per MCP server, a file per header. Not under /var/run: in the image that
+# is /run, where /run/toka is the directory the kernel shares with tools.
+MCP_DIR = "/etc/toka/mcp"
 WORKSPACE = "/workspace"
 # The tools container's inputs and the workspace's repository: outside the work tree and
 # outside the system directories programs may read (their content reaches the agent only
@@ -71,6 +78,9 @@ class PodConfig:
     # Cluster-wide LLM defaults for kernels (LLM_PROVIDER, LLM_MODEL, LLM_BASE_URL, ...):
     # used where neither the Agent nor its session names them. Never keys.
     llm_defaults: tuple[tuple[str, str], ...] = ()
+    # The operator's OTLP endpoint and exporter settings (toka.tracing.kernel_env): kernels
+    # export their spans where the operator does. Never headers.
+    tracing_env: tuple[tuple[str, str], ...] = ()
 
 
 def _security(uid: int) -> JSON:
@@ -148,6 +158,7 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         {"name": "TOKA_METRICS_ADDR", "value": f"$(TOKA_POD_IP):{config.metrics_port}"},
         {"name": "TOKA_HEARTBEAT_SECONDS", "value": str(config.heartbeat_seconds)},
         *({"name": k, "value": v} for k, v in config.llm_defaults),
+        *({"name": k, "value": v} for k, v in config.tracing_env),
         # Keep retrying the last report until just before the kubelet's SIGKILL.
         {
             "name": "TOKA_SHUTDOWN_SECONDS",
@@ -187,6 +198,12 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
         )
         kernel_mounts.append({"name": "replay", "mountPath": REPLAY_DIR, "readOnly": True})
         kernel_env.append({"name": "TOKA_REPLAY_FILE", "value": f"{REPLAY_DIR}/recording.json"})
+    if llm is not None and llm.record and llm.provider != Provider.REPLAY:
+        kernel_env += [
+            {"name": "TOKA_RECORDING_CONFIGMAP", "value": recording_configmap_name(name)},
+            {"name": "TOKA_RECORDING_KEY", "value": f"{spec.name or name}.json"},
+        ]
+    _add_mcp_headers(agent, volumes, kernel_env, kernel_mounts)
 
     workspace = spec.workspace
     size = workspace.size_limit if workspace and workspace.size_limit else config.workspace_size
@@ -314,6 +331,30 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
     }
 
 
+def _add_mcp_headers(
+    agent: Agent, volumes: list[JSON], kernel_env: list[JSON], kernel_mounts: list[JSON]
+) -> None:
+    """Each MCP server's header Secret, whole, at `<MCP_DIR>/<server>/`: every key a header.
+    Mounted as a directory, not by items, so a rotated Secret reaches the kernel."""
+    servers = agent.spec.mcp_servers or []
+    if servers:
+        kernel_env.append({"name": "TOKA_MCP_DIR", "value": MCP_DIR})
+    for i, server in enumerate(servers):
+        if server.headers_secret_ref is None:
+            continue
+        # Indexed: `mcp-` and a 63-character server name would not fit a volume name.
+        volume = f"mcp-headers-{i}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {"secretName": server.headers_secret_ref.name, "defaultMode": 0o440},
+            }
+        )
+        kernel_mounts.append(
+            {"name": volume, "mountPath": f"{MCP_DIR}/{server.name}", "readOnly": True}
+        )
+
+
 def _add_git_workspace(
     agent: Agent,
     name: str,
@@ -391,15 +432,23 @@ def _add_git_workspace(
     tools_env.append({"name": "TOKA_WORKSPACE_RESUME_DIR", "value": RESULT_DIR})
 
 
-def build_result_configmap(agent_body: JSON) -> JSON:
-    """Where the Agent's kernel leaves its result (a git bundle and its commit); owned by
-    the Agent, written only by that kernel (its Role names this one ConfigMap)."""
+def is_recording(agent_body: JSON) -> bool:
+    """Record mode (`llm.record`): the kernel writes its turns to a ConfigMap."""
+    llm = Agent.model_validate(agent_body).spec.llm
+    return bool(llm is not None and llm.record and llm.provider != Provider.REPLAY)
+
+
+def build_agent_configmap(agent_body: JSON, name: str) -> JSON:
+    """An empty ConfigMap the Agent's kernel writes and no one else: its result
+    (`result_configmap_name`: a git bundle and its commit) or, in record mode, its
+    recording (`recording_configmap_name`: key `<name>.json`, as `provider: replay` reads
+    it). Owned by the Agent; its Role names these two ConfigMaps and no other."""
     meta = agent_body["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": result_configmap_name(meta["name"]),
+            "name": name,
             "namespace": meta["namespace"],
             "labels": {LABEL_AGENT: meta["name"], LABEL_MANAGED_BY: MANAGED_BY},
             "ownerReferences": [owner_reference(agent_body)],
@@ -430,8 +479,13 @@ def build_service_account(agent_body: JSON) -> JSON:
 
 
 def build_role(agent_body: JSON) -> JSON:
-    """`get` and `patch` on this one Agent's status and its result ConfigMap, nothing else."""
+    """`get` and `patch` on this one Agent's status, its result ConfigMap and its recording
+    ConfigMap, nothing else. The recording's name is there even when the Agent does not
+    record: `llm.record` may be turned on later, and the Role is made once, with the first
+    pod. Its kernel touches that ConfigMap only in record mode, after the operator has
+    created it or found it owned by the Agent (a foreign one is refused)."""
     meta = agent_body["metadata"]
+    configmaps = [result_configmap_name(meta["name"]), recording_configmap_name(meta["name"])]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -451,7 +505,7 @@ def build_role(agent_body: JSON) -> JSON:
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
-                "resourceNames": [result_configmap_name(meta["name"])],
+                "resourceNames": configmaps,
                 "verbs": ["get", "patch"],
             },
         ],

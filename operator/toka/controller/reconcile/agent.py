@@ -11,12 +11,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from toka.api.conditions import Condition, make_condition, merge_conditions, truncate
+from toka.api.conditions import (
+    Condition,
+    ConditionStatus,
+    make_condition,
+    merge_conditions,
+    truncate,
+)
 from toka.api.models import (
+    MCP_CONNECTED,
+    MCP_CONNECTING,
     Agent,
     AgentLimits,
     AgentPhase,
     AgentStatus,
+    McpServer,
+    McpServerStatus,
     SpawnResult,
     TaskState,
     WorkspaceState,
@@ -284,6 +294,15 @@ def compute_agent_plan(
                 )
             )
             plan.requeue_after = stall_after.total_seconds()
+        if phase == AgentPhase.RUNNING and spec.mcp_servers:
+            status, reason, detail = mcp_servers_readiness(
+                spec.mcp_servers, run.mcp_servers if run else None
+            )
+            conditions.append(
+                make_condition(
+                    "McpServersReady", status, reason, detail, now=now, generation=generation
+                )
+            )
         conditions.append(
             cond(
                 "Progressing",
@@ -339,6 +358,7 @@ def compute_agent_plan(
             and c.status == "False"
             and c.reason in (*WARN_REASONS,)
         ) or (c.type == "Stalled" and c.status == "True")
+        bad = bad or (c.type == "McpServersReady" and c.status == "False")
         if bad and before.get(c.type) != (c.status, c.reason):
             plan.events.append(("Warning", c.reason, c.message))
     return plan
@@ -373,3 +393,33 @@ def _effective_limits(
 def _started_at(container: JSON) -> datetime | None:
     raw = ((container.get("state") or {}).get("running") or {}).get("startedAt")
     return datetime.fromisoformat(raw.replace("Z", "+00:00")) if raw else None
+
+
+def mcp_servers_readiness(
+    servers: list[McpServer], reported: list[McpServerStatus] | None
+) -> tuple[ConditionStatus, str, str]:
+    """McpServersReady from the kernel's report: the first failing server in spec order
+    names the reason; a server not reported yet, or still connecting, leaves it Unknown."""
+    by_name = {s.name: s for s in reported or []}
+    waiting = []
+    for server in servers:
+        found = by_name.get(server.name)
+        if found is None or (not found.ready and found.reason == MCP_CONNECTING):
+            waiting.append(server.name)
+        elif not found.ready:
+            reason = found.reason or "NotReady"
+            return (
+                ConditionStatus.FALSE,
+                reason,
+                f"MCP server {server.name}: " + (found.message or reason),
+            )
+    if waiting:
+        return (
+            ConditionStatus.UNKNOWN,
+            MCP_CONNECTING,
+            f"the kernel has not connected to MCP server {', '.join(waiting)} yet",
+        )
+    offered = "; ".join(
+        f"{s.name}: {', '.join(by_name[s.name].tools or []) or 'no tools granted'}" for s in servers
+    )
+    return ConditionStatus.TRUE, MCP_CONNECTED, f"tools offered: {offered}"

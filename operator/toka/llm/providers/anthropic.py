@@ -9,7 +9,13 @@ import httpx
 
 from toka.llm.config import LLMConfig
 from toka.llm.errors import InvalidResponse
-from toka.llm.providers.base import JSON, parse_arguments, post_json, reported_usage
+from toka.llm.providers.base import (
+    JSON,
+    debug_hooks,
+    parse_arguments,
+    post_json,
+    reported_usage,
+)
 from toka.llm.types import Completion, CompletionRequest, TextDelta, ToolCall, Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -122,7 +128,8 @@ class AnthropicProvider:
         self.config = config
         self.redact = redact
         self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout_seconds, connect=10)
+            timeout=httpx.Timeout(config.timeout_seconds, connect=10),
+            event_hooks=debug_hooks("anthropic", redact) if config.debug else None,
         )
 
     def _headers(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
@@ -18,9 +19,14 @@ from typing import Any, Protocol
 import httpx
 
 from toka.llm.errors import InvalidResponse, PermanentProviderError, RetryableProviderError
+from toka.llm.sanitize import REDACTED, for_log
 from toka.llm.types import Completion, CompletionRequest, TextDelta, Usage
 
 JSON = dict[str, Any]
+wire_log = logging.getLogger("toka.llm.http")
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"}
+)
 
 
 class Provider(Protocol):
@@ -152,3 +158,41 @@ def parse_arguments(provider: str, raw: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidResponse(provider, "tool arguments are not a JSON object")
     return value
+
+
+def _shown_headers(headers: httpx.Headers) -> str:
+    return json.dumps(
+        {k: REDACTED if k.lower() in CREDENTIAL_HEADERS else v for k, v in headers.items()}
+    )
+
+
+def debug_hooks(provider: str, redact: Callable[[str], str]) -> dict[str, list[Any]]:
+    """httpx event hooks for LLM_DEBUG: each exchange's headers and bodies at debug level,
+    credential headers blanked, every secret redacted, each body capped. A streamed
+    answer's body is left unread here (reading it would hold the stream back); the
+    gateway logs the completion it became."""
+
+    async def on_request(request: httpx.Request) -> None:
+        wire_log.debug(
+            "%s request: %s %s headers=%s body=%s",
+            provider,
+            request.method,
+            redact(str(request.url)),
+            for_log(_shown_headers(request.headers), redact),
+            for_log(request.content.decode(errors="replace"), redact),
+        )
+
+    async def on_response(response: httpx.Response) -> None:
+        if "text/event-stream" in response.headers.get("content-type", ""):
+            body = "(server-sent events)"
+        else:
+            body = (await response.aread()).decode(errors="replace")
+        wire_log.debug(
+            "%s response: %s headers=%s body=%s",
+            provider,
+            response.status_code,
+            for_log(_shown_headers(response.headers), redact),
+            for_log(body, redact),
+        )
+
+    return {"request": [on_request], "response": [on_response]}

@@ -13,6 +13,7 @@ from toka.llm.config import LLMConfig
 from toka.llm.errors import InvalidResponse, RetryableProviderError
 from toka.llm.providers.base import (
     JSON,
+    debug_hooks,
     parse_arguments,
     post_json,
     raise_for_status,
@@ -131,13 +132,18 @@ class OpenAIProvider:
         self.config = config
         self.redact = redact
         self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout_seconds, connect=10)
+            timeout=httpx.Timeout(config.timeout_seconds, connect=10),
+            event_hooks=debug_hooks(name, redact) if config.debug else None,
         )
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if self.config.api_key:
             headers["authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
+        if self.config.organization:
+            headers["openai-organization"] = self.config.organization
+        if self.config.project:
+            headers["openai-project"] = self.config.project
         return headers
 
     async def complete(self, request: CompletionRequest) -> Completion:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -120,12 +120,22 @@ class ReplayProvider:
 
 
 class RecordingProvider:
-    """Record mode: calls the real provider and appends each turn to a recording file."""
+    """Record mode: calls the real provider and appends each turn to a recording file;
+    `on_record` gets the recording after each turn and is awaited before the answer is
+    returned (the kernel stores it in a ConfigMap first, so an agent that has its
+    answer has its turn recorded)."""
 
-    def __init__(self, inner: Provider, path: Path, agent: str):
+    def __init__(
+        self,
+        inner: Provider,
+        path: Path,
+        agent: str,
+        on_record: Callable[[Recording], Awaitable[None]] | None = None,
+    ):
         self.inner = inner
         self.name = inner.name
         self.path = path
+        self.on_record = on_record
         self.recording = Recording.load(path) if path.exists() else Recording(agent=agent)
 
     def _append(self, request: CompletionRequest, completion: Completion) -> None:
@@ -149,6 +159,8 @@ class RecordingProvider:
     async def complete(self, request: CompletionRequest) -> Completion:
         completion = await self.inner.complete(request)
         self._append(request, completion)
+        if self.on_record is not None:
+            await self.on_record(self.recording)
         return completion
 
     async def stream(
@@ -158,6 +170,8 @@ class RecordingProvider:
             async for item in items:
                 if isinstance(item, Completion):
                     self._append(request, item)
+                    if self.on_record is not None:
+                        await self.on_record(self.recording)
                 yield item
 
     async def aclose(self) -> None:
