@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from toka.paths import PathError, canonical_path
 from toka.tools.ops import AS_IS, ToolError, Workspace, confine
-from toka.tools.server import MAX_BODY, ToolServer, probe
+from toka.tools.server import MAX_BODY, ToolServer, probe, trusted_peer
 
 
 @pytest.fixture
@@ -190,3 +190,42 @@ def test_the_tools_sidecar_opens_exactly_the_path_the_kernel_checks(
         assert confine(ws, raw, directory=directory) == ws.resolve().joinpath(*checked.split("/"))
 
     check()
+
+
+ME = 500
+# pid: (state, parent) as /proc/<pid>/stat reports them.
+PROCESSES = {
+    1: ("S", 0),
+    400: ("S", 1),  # the kernel's process, beside this server
+    ME: ("S", 400),
+    600: ("S", ME),  # a program this server started
+    601: ("S", 600),  # and its child
+    602: ("Z", 600),  # a child that connected, exited and was not reaped
+    603: ("S", 0),  # a child being reaped while it is looked at: parent already reads 0
+    700: ("S", 603),  # the child of a parent that is exiting
+}
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        (0, True),  # in another PID namespace: the kernel's container
+        (ME, True),  # this process: the kernel in tests
+        (400, True),  # beside this server, its ancestry reaches init
+        (1, True),
+        (600, False),
+        (601, False),
+        (602, False),
+        (603, False),
+        (700, False),
+        (999, False),  # gone before it is looked at
+    ],
+)
+def test_the_tools_server_trusts_no_program_it_started_nor_one_it_cannot_place(
+    tmp_path: Path, peer: int, trusted: bool
+) -> None:
+    for pid, (state, parent) in PROCESSES.items():
+        (tmp_path / str(pid)).mkdir()
+        stat = f"{pid} (python3 (x)) {state} {parent} {pid} {pid} 0 -1 4194560 0 0"
+        (tmp_path / str(pid) / "stat").write_text(stat)
+    assert trusted_peer(peer, ME, proc=tmp_path) is trusted

@@ -164,24 +164,32 @@ def peer_pid(sock: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[0])
 
 
-def trusted_peer(pid: int, me: int) -> bool:
+def trusted_peer(pid: int, me: int, proc: Path = Path("/proc")) -> bool:
     """Whether the process that connected is not one this server started, nor one they
     started: in another PID namespace (0: the kernel's container), this process itself
     (the kernel in tests), or one whose ancestry is known and does not pass through
     `me`. Fails closed: a peer gone before it is looked at (it connected, handed the
-    socket on and exited) is untrusted."""
+    socket on and exited) is untrusted, and so is one that is exiting while it is looked
+    at, whose stat file already reads parent 0, the same as the top of the tree."""
     if pid in (0, me):
         return True
+    first = True
     for _ in range(4096):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
+            fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            state, parent = fields[0], int(fields[1])
         except (OSError, IndexError, ValueError):
             return False
-        if pid == me:
+        if first and state in ("Z", "X", "x"):
             return False
-        if pid <= 1:
+        first = False
+        if parent == me:
+            return False
+        if parent == 1:
             return True
+        if parent == 0:
+            return pid == 1
+        pid = parent
     return False
 
 
