@@ -4,14 +4,22 @@
 # args; the entrypoint is `toka`). Runs as a non-root user with a read-only root
 # filesystem: nothing is written outside the pod's volumes (/tmp, /workspace).
 
-FROM python:3.11-slim-bookworm AS build
+# The base is an argument so a machine without registry access can build on a local
+# Debian + Python 3.11 base (`toka dev image`); everyone else gets the public image.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY operator ./operator
-RUN python -m venv /opt/toka \
+# Dependencies first, from an empty package, so a change to the source rebuilds only
+# the last layer instead of reinstalling every dependency.
+RUN mkdir -p operator/toka && touch operator/toka/__init__.py \
+ && python -m venv /opt/toka \
  && /opt/toka/bin/pip install --no-cache-dir -c constraints.txt .
+COPY operator ./operator
+RUN /opt/toka/bin/pip install --no-cache-dir --no-deps --force-reinstall .
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="toka" \
       org.opencontainers.image.description="Kubernetes operator that runs LLM agents as Pods; one image for the operator, kernel, tools and agent" \
       org.opencontainers.image.source="https://github.com/toka-dev/toka" \

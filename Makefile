@@ -6,7 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toka-installed
 
-.PHONY: demo venv test test-unit lint fmt crds controlplane testtools dev-up dev-down bench bench-smoke clean
+.PHONY: demo venv test test-unit lint fmt crds controlplane node-packages node testtools dev-up dev-down bench bench-smoke clean
+
+# The real node's Debian packages (containerd, runc, CNI plugins; buildah, umoci and
+# debootstrap to build the image without a Docker engine; ipset for the NetworkPolicy
+# engine), installed when a program is missing. Needs root and apt.
+NODE_PACKAGES := containerd runc containernetworking-plugins buildah umoci debootstrap ipset
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +27,28 @@ venv: $(STAMP)
 controlplane: $(STAMP)
 	$(BIN)/toka dev binaries
 
+node-packages:
+	@missing=""; \
+	for prog in containerd ctr runc buildah umoci debootstrap ipset; do \
+	  command -v $$prog >/dev/null 2>&1 || missing=yes; done; \
+	[ -x /usr/lib/cni/bridge ] || missing=yes; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the real node's Debian packages: $(NODE_PACKAGES)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(NODE_PACKAGES) >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(NODE_PACKAGES) >/dev/null; }; \
+	fi
+
+# The real node: kubelet, kube-proxy, kube-scheduler (same Go module as the control
+# plane), crictl and kube-router, into the same cache; the image is built by `toka`.
+node: controlplane node-packages
+	$(BIN)/toka dev binaries --node
+
 # The tests also need Jaeger v2 (the tracing tests' OTLP receiver); the demo does not.
-testtools: $(STAMP)
+testtools: node
 	$(BIN)/toka dev binaries --with-jaeger
 
 # The main job: a real session on the built-in dev cluster, with live progress.
-demo: controlplane
+demo: node
 	$(BIN)/toka demo
 
 test: testtools
@@ -68,7 +89,7 @@ bench-smoke: testtools
 	$(BIN)/python -m bench.tracing --smoke
 	$(BIN)/python -m bench.kube_credentials --smoke
 
-dev-up: controlplane
+dev-up: node
 	$(BIN)/toka dev up
 
 dev-down: $(STAMP)

@@ -7,6 +7,7 @@
     toka crds            write crds/*.yaml (and the chart's copies) from the API models
     toka dev up|down     the development cluster, with the CRDs installed
     toka dev binaries    find or build the control plane (cached outside the clone)
+    toka dev image       find or build Toka's image and the pause image (buildah, no Docker)
     toka operator        the operator: sessions and agents into pods
     toka kernel|tools|agent   the three containers of an agent pod
     toka node-agent      the dev node agent alone (against any kubeconfig; dev only)
@@ -54,11 +55,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     from toka.devcluster import devctl
 
     if args.dev_command == "up":
-        return devctl.up(Path(args.state_dir), with_node_agent=not args.no_node_agent)
+        return devctl.up(Path(args.state_dir), node=_node(args))
     if args.dev_command == "down":
         return devctl.down(Path(args.state_dir))
     if args.dev_command == "serve":
-        return devctl.serve(Path(args.state_dir), with_node_agent=not args.no_node_agent)
+        return devctl.serve(Path(args.state_dir), node=_node(args))
     if args.dev_command == "env":
         return devctl.env(Path(args.state_dir))
     if args.dev_command == "binaries":
@@ -72,8 +73,35 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             found.kubectl,
             ensure_helm(),
             *([ensure_jaeger()] if args.with_jaeger else []),
+            *(_node_binaries() if args.node else []),
         ):
             print(path)
+        return 0
+    if args.dev_command == "image":
+        import time
+
+        from toka.devcluster.image import ImageError, default_repo_root, ensure_images
+
+        started = time.monotonic()
+        try:
+            images = ensure_images(
+                Path(args.root) if args.root else default_repo_root(), export=args.export
+            )
+        except ImageError as err:
+            print(f"toka dev image: {err}", file=sys.stderr)
+            return 1
+        for ref, archive in (
+            (images.toka, images.toka_archive),
+            (images.pause, images.pause_archive),
+        ):
+            print(ref if archive is None else f"{ref}\t{archive}")
+        made = [*images.built, *map(str, images.exported)]
+        steps = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in images.timings.items())
+        print(
+            f"{'made ' + ', '.join(made) if made else 'all cached'}; {steps}; "
+            f"total {time.monotonic() - started:.1f}s",
+            file=sys.stderr,
+        )
         return 0
     raise AssertionError(args.dev_command)
 
@@ -191,6 +219,11 @@ def _default_state_dir() -> str:
 
 
 def _cmd_kernel(args: argparse.Namespace) -> int:
+    if args.probe:
+        # The startup probe, every second while the kernel starts: none of the kernel's imports.
+        from toka.kernel.probe import probe
+
+        return probe()
     from toka.kernel.main import main as kernel_main
 
     return kernel_main()
@@ -251,14 +284,38 @@ def build_parser() -> argparse.ArgumentParser:
             "binaries",
             "find or build kube-apiserver, etcd, kube-controller-manager, kubectl, helm",
         ),
+        ("image", "find or build Toka's image and the pause image with buildah (no Docker)"),
     ]:
         p = dev_sub.add_parser(name, help=text)
         if name in ("up", "serve"):
-            p.add_argument("--no-node-agent", action="store_true", help="no pods will run")
+            p.add_argument(
+                "--node",
+                choices=("real", "agent", "none"),
+                default="real",
+                help="real: kubelet + containerd, the image built from the Dockerfile (default); "
+                "agent: the stand-in node agent (a fast path for inner-loop tests); "
+                "none: no pods run",
+            )
+            p.add_argument("--no-node-agent", action="store_true", help="the same as --node none")
         if name == "binaries":
+            p.add_argument(
+                "--node",
+                action="store_true",
+                help="also the real node's: kubelet, kube-proxy, kube-scheduler, crictl, "
+                "kube-router",
+            )
             # Only the tracing tests need Jaeger, and its first build takes minutes: not the demo.
             p.add_argument(
                 "--with-jaeger", action="store_true", help="also Jaeger v2, for the tracing tests"
+            )
+        if name == "image":
+            p.add_argument(
+                "--root", default=None, help="the repository root (default: this checkout)"
+            )
+            p.add_argument(
+                "--export",
+                action="store_true",
+                help="also write oci-archives for `ctr images import` (cached by tag)",
             )
     dev.set_defaults(handler=_cmd_dev)
 
@@ -339,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(op)
     op.set_defaults(handler=_cmd_operator)
 
-    kernel = sub.add_parser("kernel", help="the kernel sidecar (in an agent pod)")
+    kernel = sub.add_parser(
+        "kernel", help="the kernel sidecar (in an agent pod); --probe checks it"
+    )
+    kernel.add_argument("--probe", action="store_true")
     kernel.set_defaults(handler=_cmd_kernel)
     agent = sub.add_parser("agent", help="the agent runtime (in an agent pod)")
     agent.set_defaults(handler=_cmd_agent)
@@ -351,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(node)
     node.set_defaults(handler=_cmd_node_agent)
     return parser
+
+
+def _node(args: argparse.Namespace) -> str:
+    return "none" if args.no_node_agent else str(args.node)
+
+
+def _node_binaries() -> list[Path]:
+    from toka.devcluster.binaries import ensure_node_binaries
+    from toka.devcluster.netpol import ensure_kube_router
+
+    return [ensure_node_binaries(), ensure_kube_router()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,7 +35,7 @@ WHY = docker_engine()
 pytestmark = pytest.mark.skipif(
     WHY is not None,
     reason=f"kind needs a running Docker engine ({WHY}); "
-    "the chart is tested on the dev cluster instead (tests/integration/test_helm.py)",
+    "the chart is installed with helm on the real dev node instead (tests/e2e/test_real_node.py)",
 )
 
 

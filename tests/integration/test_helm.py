@@ -10,10 +10,14 @@ session: cluster-wide, and watching one namespace.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -56,10 +60,13 @@ APPLY: dict[str, Resource] = {
 }
 
 
-def helm(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+def helm(
+    command: str, *args: str, kube_version: str | None = KUBERNETES_VERSION
+) -> subprocess.CompletedProcess[str]:
     """helm against the dev cluster's Kubernetes version (no cluster is contacted)."""
+    told = ["--kube-version", kube_version] if kube_version else []
     return subprocess.run(
-        [str(ensure_helm()), command, "--kube-version", KUBERNETES_VERSION, *args],
+        [str(ensure_helm()), command, *told, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -190,6 +197,120 @@ def test_without_a_cluster_to_ask_the_chart_asks_for_the_api_servers_addresses()
     done = helm("template", "toka", str(CHART))
     assert done.returncode != 0
     assert "networkPolicy.apiServer.cidrs" in done.stderr
+
+
+def test_helm_template_renders_without_a_kube_version() -> None:
+    """helm's own default version (v1.20.0 when built from source) is no cluster's."""
+    done = helm("template", "toka", str(CHART), "--set", API_SERVER, kube_version=None)
+    assert done.returncode == 0, done.stderr
+    told = helm("template", "toka", str(CHART), "--set", API_SERVER)
+    assert done.stdout == told.stdout
+
+
+class OldApiServer(ThreadingHTTPServer):
+    """What helm asks a cluster before it renders, answered as Kubernetes v1.29 would."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OldApiHandler)
+
+
+class _OldApiHandler(BaseHTTPRequestHandler):
+    RESOURCES: ClassVar[list[tuple[str, str, bool]]] = [
+        ("namespaces", "Namespace", False),
+        ("secrets", "Secret", True),
+        ("services", "Service", True),
+        ("endpoints", "Endpoints", True),
+    ]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        answers: dict[str, JSON] = {
+            "/version": {"major": "1", "minor": "29", "gitVersion": "v1.29.4"},
+            "/api": {"kind": "APIVersions", "versions": ["v1"]},
+            "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+            "/api/v1": {
+                "kind": "APIResourceList",
+                "groupVersion": "v1",
+                "resources": [
+                    {"name": n, "singularName": "", "namespaced": ns, "kind": k, "verbs": ["get"]}
+                    for n, k, ns in self.RESOURCES
+                ],
+            },
+            "/api/v1/namespaces/kube-system": {
+                "kind": "Namespace",
+                "apiVersion": "v1",
+                "metadata": {"name": "kube-system"},
+            },
+            "/api/v1/namespaces/default/services/kubernetes": {
+                "kind": "Service",
+                "apiVersion": "v1",
+                "metadata": {"name": "kubernetes", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"]},
+            },
+        }
+        body = answers.get(path)
+        if body is None and path.endswith("/secrets"):  # helm's release records: none
+            body = {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []}
+        status = 200 if body is not None else 404
+        data = json.dumps(body or {"kind": "Status", "status": "Failure", "code": 404}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def old_cluster(tmp_path: Path) -> Iterator[Path]:
+    """A kubeconfig for a cluster that says it runs Kubernetes v1.29.4."""
+    server = OldApiServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "old-cluster.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "old", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
+                ],
+                "users": [{"name": "old", "user": {}}],
+                "contexts": [{"name": "old", "context": {"cluster": "old", "user": "old"}}],
+                "current-context": "old",
+            }
+        )
+    )
+    try:
+        yield kubeconfig
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_cluster_older_than_1_30_is_refused_with_a_clear_message(old_cluster: Path) -> None:
+    install = [str(CHART), "-n", "toka-system", "--kubeconfig", str(old_cluster)]
+    done = helm("install", "toka", *install, "--dry-run=server", kube_version=None)
+    assert done.returncode != 0
+    assert (
+        "Toka needs Kubernetes 1.30 or later (its admission policies are "
+        "ValidatingAdmissionPolicy v1); this cluster runs v1.29.4"
+    ) in done.stderr
+    told = helm("template", "toka", str(CHART), "--set", API_SERVER, kube_version="1.29.4")
+    assert told.returncode != 0
+    assert "Toka needs Kubernetes 1.30 or later" in told.stderr
+    assert "--kube-version is v1.29.4" in told.stderr
+
+
+def test_a_current_cluster_passes_the_version_check(kubeconfig: Path) -> None:
+    # A dry run: the fixture's admission policies, made without helm, stay as they are.
+    args = [str(CHART), "-n", "toka-system", "--kubeconfig", str(kubeconfig)]
+    done = helm("install", "toka", *args, "--dry-run=server", "--take-ownership", kube_version=None)
+    assert done.returncode == 0, done.stderr
+    assert "kind: ValidatingAdmissionPolicy" in done.stdout
 
 
 def test_tracing_is_off_by_default_and_its_endpoint_reaches_the_operator_when_set() -> None:

@@ -25,6 +25,7 @@ from tests.helpers import phase_is, wait_for
 from tests.mcp_servers import McpTestServer
 from tests.sessions import Recorder, agent, call, finish, put_recordings, recording, session
 from toka.controller.builders.pod import MCP_DIR
+from toka.devcluster.nodeagent import pod_loopback
 from toka.kube.client import AGENTS, PODS, SECRETS, SESSIONS, AsyncKube
 
 pytestmark = pytest.mark.controlplane
@@ -98,12 +99,13 @@ async def kernel_address(kube: AsyncKube, ns: str, pod_name: str) -> str:
     containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
     kernel = next(c for c in containers if c["name"] == "kernel")
     addr = next(e["value"] for e in kernel["env"] if e["name"] == "TOKA_KERNEL_ADDR")
-    return f"{pod['status']['podIP']}:{addr.rpartition(':')[2]}"
+    return f"{pod_loopback(pod['status']['podIP'])}:{addr.rpartition(':')[2]}"
 
 
 def containers(pod_ip: str) -> dict[str, int]:
     """The pod's running containers on the dev node, by name: each is a process whose
-    TOKA_KERNEL_ADDR names the pod's IP and whose last argument is the container's role."""
+    TOKA_KERNEL_ADDR names the pod's loopback IP and whose last argument is the
+    container's role."""
     found: dict[str, int] = {}
     for proc in Path("/proc").iterdir():
         try:
@@ -111,7 +113,7 @@ def containers(pod_ip: str) -> dict[str, int]:
             argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         except (OSError, ValueError):
             continue
-        if f"TOKA_KERNEL_ADDR={pod_ip}:".encode() in b"\n".join(env):
+        if f"TOKA_KERNEL_ADDR={pod_loopback(pod_ip)}:".encode() in b"\n".join(env):
             found[argv[-1].decode()] = int(proc.name)
     return found
 

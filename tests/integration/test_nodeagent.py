@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import NodeAgentProcess
 from tests.helpers import container_status, phase_is, py, toka_pod, wait_for, wait_gone
+from toka.devcluster.nodeagent import pod_loopback
 from toka.kube.client import (
     CONFIGMAPS,
     LEASES,
@@ -68,6 +69,13 @@ MAIN_ASKS_SIDECAR = textwrap.dedent(
 )
 
 
+# The sidecar's startup probe: it listens on loopback, which a kubelet's httpGet never reaches.
+SIDECAR_PROBE = (
+    "import os, urllib.request; "
+    "urllib.request.urlopen(f\"http://{os.environ['TOKA_KERNEL_ADDR']}/\", timeout=1)"
+)
+
+
 def sidecar_pod(name: str, main: str = MAIN_ASKS_SIDECAR) -> JSON:
     env = [
         {"name": "TOKA_KERNEL_ADDR", "value": "127.0.0.1:8181"},
@@ -85,7 +93,7 @@ def sidecar_pod(name: str, main: str = MAIN_ASKS_SIDECAR) -> JSON:
                 env=env,
                 volumeMounts=mount,
                 startupProbe={
-                    "httpGet": {"path": "/", "port": 8181},
+                    "exec": {"command": ["python3", "-c", SIDECAR_PROBE]},
                     "periodSeconds": 1,
                     "failureThreshold": 30,
                 },
@@ -154,11 +162,78 @@ async def test_two_pods_kernels_listen_on_the_same_addr_without_colliding(
     two = await wait_for(kube, PODS, "two", namespace, phase_is("Succeeded", "Failed"))
     assert (one["status"]["phase"], two["status"]["phase"]) == ("Succeeded", "Succeeded")
     assert one["status"]["podIP"] != two["status"]["podIP"]
-    # Each agent reached its own kernel, at its pod's address, on the same port.
+    # Each agent reached its own kernel, at its pod's loopback address, on the same port.
     for pod in (one, two):
         log = node_agent.pod_log(namespace, pod["metadata"]["name"], "agent")
         assert f"kernel says {pod['metadata']['name']}" in log
-        assert f"addr {pod['status']['podIP']}:8181" in log
+        assert f"addr {pod_loopback(pod['status']['podIP'])}:8181" in log
+
+
+# Serves 200 on port 8181 of the pod's loopback or of its pod IP, as $ON says.
+LISTENER = textwrap.dedent(
+    """
+    import http.server, os
+    if os.environ['ON'] == 'loopback':
+        host = os.environ['TOKA_KERNEL_ADDR'].rsplit(':', 1)[0]
+    else:
+        host = os.environ['POD_IP']
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+        def log_message(self, *a): pass
+    http.server.HTTPServer((host, 8181), H).serve_forever()
+    """
+)
+
+
+def probed_pod(name: str, on: str, probe: JSON) -> JSON:
+    env = [
+        {"name": "TOKA_KERNEL_ADDR", "value": "127.0.0.1:8181"},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "ON", "value": on},
+    ]
+    return toka_pod(
+        name,
+        [py("agent", "print('started')")],
+        initContainers=[
+            py(
+                "kernel",
+                LISTENER,
+                restartPolicy="Always",
+                env=env,
+                startupProbe={**probe, "periodSeconds": 1, "failureThreshold": 30},
+            )
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [{"httpGet": {"path": "/", "port": 8181}}, {"tcpSocket": {"port": 8181}}],
+    ids=["httpGet", "tcpSocket"],
+)
+async def test_a_probe_reaches_the_pod_ip_and_never_a_listener_on_loopback_only(
+    kube: AsyncKube, namespace: str, node_agent: NodeAgentProcess, probe: JSON
+) -> None:
+    await kube.create(PODS, probed_pod("on-loopback", "loopback", probe), namespace)
+    await kube.create(PODS, probed_pod("on-pod-ip", "pod", probe), namespace)
+    on_pod_ip = await wait_for(kube, PODS, "on-pod-ip", namespace, phase_is("Succeeded", "Failed"))
+    assert on_pod_ip["status"]["phase"] == "Succeeded"
+    # As on a real node: the probe fails until the container is killed, restarted, and so on.
+    on_loopback = await wait_for(
+        kube,
+        PODS,
+        "on-loopback",
+        namespace,
+        lambda pod: any(
+            c["name"] == "kernel" and c["restartCount"] >= 1
+            for c in (pod.get("status") or {}).get("initContainerStatuses", [])
+        ),
+        what="a restart of the never-started sidecar",
+    )
+    assert container_status(on_loopback, "kernel")["started"] is False
+    assert "waiting" in container_status(on_loopback, "agent")["state"]
+    await kube.delete(PODS, "on-loopback", namespace)
 
 
 async def test_env_and_mounted_files_are_what_the_spec_says(

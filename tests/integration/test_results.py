@@ -432,7 +432,10 @@ def files_holding(root: Path, secret: bytes) -> list[str]:
     """Files under a container's root (as the container sees it) that hold `secret`."""
     found = []
     for top in ("tmp", "run", "etc", "var/run", "workspace"):
-        for path in (root / top).rglob("*") if (root / top).is_dir() else ():
+        # os.walk, not rglob: a directory that goes while it is walked (this host's /tmp
+        # is shared with other runs) is passed over instead of ending the search.
+        paths = (Path(d) / f for d, _dirs, files in os.walk(root / top) for f in files)
+        for path in paths:
             try:
                 small = path.is_file() and not path.is_symlink() and path.stat().st_size < 2e6
                 if small and secret in path.read_bytes():

@@ -201,8 +201,10 @@ PROCESSES = {
     600: ("S", ME),  # a program this server started
     601: ("S", 600),  # and its child
     602: ("Z", 600),  # a child that connected, exited and was not reaped
-    603: ("S", 0),  # a child being reaped while it is looked at: parent already reads 0
+    603: ("X", 0),  # a child being reaped while it is looked at: parent already reads 0
     700: ("S", 603),  # the child of a parent that is exiting
+    800: ("S", 0),  # a probe or `kubectl exec`: its parent is outside the PID namespace
+    801: ("S", 800),
 }
 
 
@@ -218,6 +220,8 @@ PROCESSES = {
         (602, False),
         (603, False),
         (700, False),
+        (800, True),
+        (801, True),
         (999, False),  # gone before it is looked at
     ],
 )

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from toka.devcluster.binaries import wrapper_gomod
-from toka.devcluster.nodeagent import expand, is_toka_image, rewrite_kernel_addr
+from toka.devcluster.nodeagent import (
+    NodeAgent,
+    expand,
+    is_toka_image,
+    pod_loopback,
+    rewrite_kernel_addr,
+)
 from toka.devcluster.sandbox import _inside
 
 PINNED = """module k8s.io/kubernetes
@@ -64,6 +71,23 @@ def test_only_the_host_of_the_kernel_address_is_rewritten(
     value: str, ip: str, expected: str
 ) -> None:
     assert rewrite_kernel_addr(value, ip) == expected
+
+
+def test_a_pods_loopback_is_an_address_of_its_own_that_no_pod_has_as_its_ip(
+    tmp_path: Path,
+) -> None:
+    # Probes go to the pod IP: were the kernel's loopback address the same, a probe the
+    # kubelet could never make succeed would succeed on the dev node.
+    kube = SimpleNamespace(config=SimpleNamespace(server="https://127.0.0.1:6443"))
+    agent = NodeAgent(kube, tmp_path)  # type: ignore[arg-type]
+    ips = [agent.allocate_ip() for _ in range(1000)]
+    addrs = ips + [pod_loopback(ip) for ip in ips]
+    assert len(set(addrs)) == len(addrs)
+    for addr in addrs:
+        octets = [int(o) for o in addr.split(".")]
+        assert octets[0] == 127
+        assert all(0 <= o <= 255 for o in octets), addr
+        assert octets[3] not in (0, 255), addr
 
 
 @pytest.mark.parametrize(

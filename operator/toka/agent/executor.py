@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -21,6 +22,8 @@ from toka.agent.client import KernelClient, KernelError
 from toka.agent.inference import missing_capabilities
 from toka.agent.prompts import system_prompt, task_prompt
 from toka.api.capabilities import MCP_PREFIX, Grant
+from toka.contract import DEFAULT_KERNEL_ADDR as DEFAULT_ADDR
+from toka.contract import KERNEL_ADDR_ENV as ADDR_ENV
 from toka.logs import configure
 
 log = logging.getLogger("toka.agent")
@@ -28,6 +31,7 @@ JSON = dict[str, Any]
 MAX_TURNS = 12
 MAX_TOOL_RESULT = 16_000
 NOT_RETRIED = {"denied", "budget_exceeded", "replay", "llm_unavailable"}
+TERMINATED = 128 + signal.SIGTERM  # the exit code of a run ended by SIGTERM, as a shell says it
 
 
 class TaskOutcome:
@@ -189,6 +193,31 @@ async def run(addr: str) -> int:
         await kernel.aclose()
 
 
+async def run_until_terminated(addr: str) -> int:
+    """`run`, ended by SIGTERM. The agent is PID 1 in its container, which ignores a signal
+    it has no handler for: without this the pod would wait out its whole grace period."""
+    me = asyncio.current_task()
+    assert me is not None
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        me.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await run(addr)
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        me.uncancel()
+        print("toka agent: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return TERMINATED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main() -> int:
     configure()
-    return asyncio.run(run(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181")))
+    return asyncio.run(run_until_terminated(os.environ.get(ADDR_ENV, DEFAULT_ADDR)))

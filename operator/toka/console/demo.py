@@ -1,11 +1,15 @@
 """`toka demo`: a real session on the built-in dev cluster, from a fresh clone, one command.
 
-It starts the dev cluster (or uses the one `toka dev up` left running), runs
-the operator, applies `examples/sessions/build-stabilization.yaml` with its
+It starts the dev cluster with its real node (or uses the one `toka dev up`
+left running), installs the chart with helm so the operator runs in the
+cluster as the chart's Deployment, applies `examples/sessions/build-stabilization.yaml` with its
 replay recordings and sample workspace from `examples/demo/`, shows live
 progress, prints a summary and exits 0 only if the session succeeded. It
-tears down what it started unless `--keep`. With `--provider` it uses a real
-LLM instead of the recordings, with the key from the environment.
+tears down what it started unless `--keep`, and only that: a cluster another
+run started stays up. Its session replaces any of the same name in the demo's
+namespace (a previous run's, or one another run made a moment ago); nothing
+else there is touched. With `--provider` it uses a real LLM instead of the
+recordings, with the key from the environment.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from toka.console.export import ExportError, export
 from toka.console.status import read_views
 from toka.console.view import SessionView, render_session
 from toka.devcluster import devctl
+from toka.devcluster.binaries import ensure_helm
 from toka.kube.client import CONFIGMAPS, NAMESPACES, SECRETS, SESSIONS, ApiError, AsyncKube
 from toka.kube.kubeconfig import load_kubeconfig
 from toka.tools import sandbox
@@ -110,16 +114,37 @@ async def apply_demo(kube: AsyncKube, ns: str, examples: Path, provider: str | N
         if secret is not None:
             await _put(kube, SECRETS, secret, ns)
         session["spec"]["llm"] = llm
-    try:
-        await kube.delete(SESSIONS, name, ns)
-        while True:  # a fresh run: the previous one's agents go with it
-            await kube.get(SESSIONS, name, ns)
-            await asyncio.sleep(0.3)
-    except ApiError as err:
-        if not err.not_found:
-            raise
-    await kube.create(SESSIONS, session, ns)
+    await replace_session(kube, session, ns)
     return name
+
+
+async def replace_session(kube: AsyncKube, session: JSON, ns: str, timeout: float = 120) -> None:
+    """Create the session; one of its name already there is deleted, and gone (its agents
+    with it), before the next try. Another run may create it in between: then again."""
+    name = str(session["metadata"]["name"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await kube.create(SESSIONS, session, ns)
+            return
+        except ApiError as err:
+            if not err.conflict or loop.time() > deadline:
+                raise
+        await kube.delete(SESSIONS, name, ns)
+        while True:
+            try:
+                await kube.get(SESSIONS, name, ns)
+            except ApiError as err:
+                if not err.not_found:
+                    raise
+                break
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"AgentSession {ns}/{name} of an earlier run was not deleted within "
+                    f"{timeout:.0f} s (its finalizer waits for an operator)"
+                )
+            await asyncio.sleep(0.3)
 
 
 def summary(view: SessionView) -> Table:
@@ -160,18 +185,58 @@ def result_path(state_dir: Path, session: str) -> Path:
     return state_dir.parent / "results" / f"{session}.patch"
 
 
-def start_operator(state_dir: Path, kubeconfig: str, ns: str) -> subprocess.Popen[bytes]:
-    with (state_dir / "operator.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "toka.cli", "operator", "--no-liveness", "-n", ns],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "KUBECONFIG": kubeconfig},
-            start_new_session=True,  # --keep leaves it running; `toka dev down` stops it
-        )
-    (state_dir / devctl.OPERATOR_PID).write_text(str(proc.pid))
-    return proc
+RELEASE = "toka"
+SYSTEM_NAMESPACE = "toka-system"
+
+
+def helm_chart() -> Path:
+    return examples_dir().parent / "helm" / "toka"
+
+
+def _helm(kubeconfig: str, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ensure_helm()), *args],
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def install_operator(kubeconfig: str, image: str) -> bool:
+    """The chart, installed (or upgraded) with helm, its operator running in the cluster
+    as a user's would; True if this call installed the release (it was not there)."""
+    there = _helm(kubeconfig, "status", RELEASE, "-n", SYSTEM_NAMESPACE).returncode == 0
+    repository, _, tag = image.rpartition(":")
+    proc = _helm(
+        kubeconfig,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(helm_chart()),
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--create-namespace",
+        # `toka dev up` installed the CRDs and admission policies for kubectl users.
+        "--take-ownership",
+        "--set",
+        f"image.repository={repository}",
+        "--set",
+        f"image.tag={tag}",
+        "--set",
+        "image.pullPolicy=IfNotPresent",
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+    if proc.returncode != 0:
+        raise DemoError(f"helm install of the chart failed: {proc.stderr.strip()}")
+    return not there
+
+
+def uninstall_operator(kubeconfig: str) -> None:
+    _helm(kubeconfig, "uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--wait", "--timeout", "2m")
 
 
 def run(
@@ -205,15 +270,29 @@ def run(
             else "replay (recordings in examples/demo/recordings)"
         )
     )
-    running = devctl.running(state_dir)
-    if not running and devctl.up(state_dir) != 0:
+    try:
+        started = devctl.start(state_dir)
+    except devctl.DevClusterError as err:
+        console.print(f"[red]toka demo: {err}[/red]")
         return 1
     state = devctl.read_state(state_dir)
     kubeconfig = str(state["kubeconfig"])
-    devctl.stop_operator(state_dir)  # one operator: a previous --keep run's goes
-    start_operator(state_dir, kubeconfig, namespace)
+    console.print(
+        f"started the dev cluster ({state['server']}), node toka-dev: kubelet + containerd, "
+        f"image {state.get('image')} built from the Dockerfile"
+        if started
+        else f"using the dev cluster already running in {state_dir} (it stays running)"
+    )
     view: SessionView | None = None
+    installed = False
     try:
+        if state.get("node") != devctl.REAL:
+            raise DemoError(
+                f"the dev cluster running in {state_dir} has no real node (it was started with "
+                "--node agent or none); stop it with `toka dev down` and run the demo again"
+            )
+        console.print("installing the chart with helm: the operator runs in the cluster")
+        installed = install_operator(kubeconfig, str(state["image"]))
         view = asyncio.run(_run(kubeconfig, namespace, examples, provider, console, timeout))
         console.print(summary(view))
         if not view.finished:
@@ -231,13 +310,14 @@ def run(
                 f"{patch} && (cd /tmp/calc && python3 -m unittest discover -s tests)",
                 soft_wrap=True,  # paths and commands stay whole, to be copied
             )
-    except (ApiError, OSError, ExportError) as err:
+    except (ApiError, OSError, ExportError, DemoError, subprocess.TimeoutExpired) as err:
         console.print(f"[red]toka demo: {err}[/red]")
     finally:
         if not keep:
-            devctl.stop_operator(state_dir)
-            if not running:
-                devctl.down(state_dir)
+            if started:
+                devctl.down(state_dir, pid=int(str(state["pid"])))
+            elif installed:
+                uninstall_operator(kubeconfig)
     if keep:
         console.print(
             f"kept running. Try:\n  export KUBECONFIG={kubeconfig} "

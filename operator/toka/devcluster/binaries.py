@@ -10,19 +10,26 @@ module requires `k8s.io/kubernetes vX.Y.Z` and replaces each staging module
 by its published `v0.Y.Z` twin, read from the pinned go.mod so the list is
 never hard-coded. etcd gets its own wrapper so its dependency versions do not
 unify with the apiserver's.
+
+Two runs may share the cache (`make demo` in one terminal, `make test` in
+another): each binary set is built under an exclusive lock on its directory,
+so the second run waits and then finds the binaries in place, and each binary
+is built at a temporary name of its own and renamed into place whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +39,9 @@ HELM_VERSION = "3.22.0"
 # The Go module's version; its cmd/jaeger is Jaeger v2 (an OpenTelemetry Collector build).
 JAEGER_VERSION = "1.76.0"
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
+# A real node's own (`toka dev up`, the demo, the e2e tier), from the same module.
+NODE_BINARIES = ("kubelet", "kube-proxy", "kube-scheduler")
+CRICTL_VERSION = "1.34.0"
 
 
 class BinariesError(RuntimeError):
@@ -121,11 +131,12 @@ def _say(log: bool, msg: str) -> None:
         print(f"[toka devcluster] {msg}", file=sys.stderr, flush=True)
 
 
-def _go(go: str, args: list[str], cwd: Path) -> str:
+def _go(go: str, args: list[str], cwd: Path, *, gobin: Path | None = None) -> str:
     env = {
         **os.environ,
         "CGO_ENABLED": "0",
         "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false"),
+        **({"GOBIN": str(gobin)} if gobin is not None else {}),
     }
     proc = subprocess.run(
         [go, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
@@ -133,6 +144,42 @@ def _go(go: str, args: list[str], cwd: Path) -> str:
     if proc.returncode != 0:
         raise BinariesError(f"`go {' '.join(args)}` failed in {cwd}:\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+def _go_build(go: str, work: Path, flags: list[str], package: str, dest: Path) -> None:
+    _go(go, ["build", *flags, "-o", str(dest), package], work)
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """One build of a binary set at a time, across processes. Whoever holds the lock
+    is the only builder, so any `*.tmp` left in the directory is a dead build's and goes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for leftover in directory.glob("*.tmp"):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _install(target: Path, build: Callable[[Path], object]) -> None:
+    """`build(path)` makes the binary in a directory of its own beside `target`, then it
+    is renamed into place: no reader sees half a binary, no two builds share a name."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        built = staging / target.name
+        build(built)
+        if not _executable(built):
+            raise BinariesError(f"building {target.name} left no executable at {built}")
+        os.replace(built, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _module_gomod(go: str, module: str, version: str, cwd: Path) -> str:
@@ -163,72 +210,72 @@ import (
 """
 
 
-def build_kubernetes(go: str, *, log: bool = True) -> None:
+def build_kubernetes(
+    go: str, *, log: bool = True, binaries: tuple[str, ...] = KUBE_BINARIES
+) -> None:
     version = KUBERNETES_VERSION
-    work = cache_dir() / "build" / f"kubernetes-v{version}"
     out = kube_dir()
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    _say(log, f"building Kubernetes v{version} control plane with Go into {out} (once)")
-    pinned = _module_gomod(go, "k8s.io/kubernetes", version, work)
-    (work / "go.mod").write_text(wrapper_gomod(pinned, version))
-    imports = "".join(f'\t_ "k8s.io/kubernetes/cmd/{b}"\n' for b in KUBE_BINARIES)
-    (work / "tools.go").write_text(_TOOLS_GO.format(imports=imports))
-    _go(go, ["mod", "tidy"], work)
-    major, minor, _ = version.split(".")
-    ldflags = " ".join(
-        [
-            "-s -w",
-            f"-X k8s.io/component-base/version.gitVersion=v{version}",
-            f"-X k8s.io/component-base/version.gitMajor={major}",
-            f"-X k8s.io/component-base/version.gitMinor={minor}",
-            f"-X k8s.io/client-go/pkg/version.gitVersion=v{version}",
-        ]
-    )
-    for binary in KUBE_BINARIES:
-        if _executable(out / binary):
-            continue
-        started = time.monotonic()
-        tmp = out / f"{binary}.tmp"
-        _go(
-            go,
-            [
-                "build",
-                "-tags",
-                "notest,grpcnotrace",
-                "-ldflags",
-                ldflags,
-                "-o",
-                str(tmp),
-                f"k8s.io/kubernetes/cmd/{binary}",
-            ],
-            work,
+    with _build_lock(out):
+        missing = [b for b in binaries if not _executable(out / b)]
+        if not missing:
+            return
+        work = cache_dir() / "build" / f"kubernetes-v{version}"
+        work.mkdir(parents=True, exist_ok=True)
+        _say(log, f"building Kubernetes v{version} control plane with Go into {out} (once)")
+        pinned = _module_gomod(go, "k8s.io/kubernetes", version, work)
+        (work / "go.mod").write_text(wrapper_gomod(pinned, version))
+        imports = "".join(
+            f'\t_ "k8s.io/kubernetes/cmd/{b}"\n' for b in (*KUBE_BINARIES, *NODE_BINARIES)
         )
-        tmp.rename(out / binary)
-        _say(log, f"built {binary} in {time.monotonic() - started:.0f}s")
+        (work / "tools.go").write_text(_TOOLS_GO.format(imports=imports))
+        _go(go, ["mod", "tidy"], work)
+        major, minor, _ = version.split(".")
+        ldflags = " ".join(
+            [
+                "-s -w",
+                f"-X k8s.io/component-base/version.gitVersion=v{version}",
+                f"-X k8s.io/component-base/version.gitMajor={major}",
+                f"-X k8s.io/component-base/version.gitMinor={minor}",
+                f"-X k8s.io/client-go/pkg/version.gitVersion=v{version}",
+            ]
+        )
+        flags = ["-tags", "notest,grpcnotrace", "-ldflags", ldflags]
+        for binary in missing:
+            started = time.monotonic()
+            _install(
+                out / binary,
+                functools.partial(_go_build, go, work, flags, f"k8s.io/kubernetes/cmd/{binary}"),
+            )
+            _say(log, f"built {binary} in {time.monotonic() - started:.0f}s")
 
 
 def build_etcd(go: str, *, log: bool = True) -> None:
     version = ETCD_VERSION
     out = etcd_dir()
-    if _executable(out / "etcd"):
-        return
-    work = cache_dir() / "build" / f"etcd-v{version}"
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    _say(log, f"building etcd v{version} with Go into {out} (once)")
-    pinned = _module_gomod(go, "go.etcd.io/etcd/server/v3", version, work)
-    go_line = next((ln for ln in pinned.splitlines() if ln.startswith("go ")), "go 1.25.0")
-    (work / "go.mod").write_text(
-        f"module toka.dev/etcd-build\n\n{go_line}\n\nrequire go.etcd.io/etcd/server/v3 v{version}\n"
-    )
-    (work / "tools.go").write_text(_TOOLS_GO.format(imports='\t_ "go.etcd.io/etcd/server/v3"\n'))
-    _go(go, ["mod", "tidy"], work)
-    started = time.monotonic()
-    tmp = out / "etcd.tmp"
-    _go(go, ["build", "-ldflags", "-s -w", "-o", str(tmp), "go.etcd.io/etcd/server/v3"], work)
-    tmp.rename(out / "etcd")
-    _say(log, f"built etcd in {time.monotonic() - started:.0f}s")
+    with _build_lock(out):
+        if _executable(out / "etcd"):
+            return
+        work = cache_dir() / "build" / f"etcd-v{version}"
+        work.mkdir(parents=True, exist_ok=True)
+        _say(log, f"building etcd v{version} with Go into {out} (once)")
+        pinned = _module_gomod(go, "go.etcd.io/etcd/server/v3", version, work)
+        go_line = next((ln for ln in pinned.splitlines() if ln.startswith("go ")), "go 1.25.0")
+        (work / "go.mod").write_text(
+            f"module toka.dev/etcd-build\n\n{go_line}\n\n"
+            f"require go.etcd.io/etcd/server/v3 v{version}\n"
+        )
+        (work / "tools.go").write_text(
+            _TOOLS_GO.format(imports='\t_ "go.etcd.io/etcd/server/v3"\n')
+        )
+        _go(go, ["mod", "tidy"], work)
+        started = time.monotonic()
+        _install(
+            out / "etcd",
+            functools.partial(
+                _go_build, go, work, ["-ldflags", "-s -w"], "go.etcd.io/etcd/server/v3"
+            ),
+        )
+        _say(log, f"built etcd in {time.monotonic() - started:.0f}s")
 
 
 def helm_path() -> Path:
@@ -243,22 +290,44 @@ def ensure_helm(log: bool = True) -> Path:
     go = shutil.which("go")
     if go is None:
         raise BinariesError(f"helm is not in {path.parent} and Go is not installed to build it")
-    _say(log, f"building helm v{HELM_VERSION} with Go into {path.parent} (once)")
-    started = time.monotonic()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    env_root = cache_dir() / "build"
-    env_root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [go, "install", f"helm.sh/helm/v3/cmd/helm@v{HELM_VERSION}"],
-        cwd=env_root,
-        env={**os.environ, "CGO_ENABLED": "0", "GOBIN": str(path.parent)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0 or not _executable(path):
-        raise BinariesError(f"building helm failed:\n{proc.stderr[-4000:]}")
-    _say(log, f"built helm in {time.monotonic() - started:.0f}s")
+    with _build_lock(path.parent):
+        if _executable(path):
+            return path
+        _say(log, f"building helm v{HELM_VERSION} with Go into {path.parent} (once)")
+        started = time.monotonic()
+        work = cache_dir() / "build"
+        work.mkdir(parents=True, exist_ok=True)
+        package = f"helm.sh/helm/v3/cmd/helm@v{HELM_VERSION}"
+        _install(path, lambda dest: _go(go, ["install", package], work, gobin=dest.parent))
+        _say(log, f"built helm in {time.monotonic() - started:.0f}s")
+    return path
+
+
+def crictl_path() -> Path:
+    return cache_dir() / f"crictl-v{CRICTL_VERSION}" / "crictl"
+
+
+def ensure_node_binaries(log: bool = True) -> Path:
+    """kubelet, kube-proxy, kube-scheduler (beside the control plane's) and crictl, built
+    once into the cache; returns crictl's path."""
+    go = shutil.which("go")
+    if not all(_executable(kube_dir() / b) for b in NODE_BINARIES):
+        if go is None:
+            raise BinariesError("the real node's kubelet is not cached and Go is not installed")
+        build_kubernetes(go, log=log, binaries=NODE_BINARIES)
+    path = crictl_path()
+    if _executable(path):
+        return path
+    if go is None:
+        raise BinariesError(f"crictl is not in {path.parent} and Go is not installed to build it")
+    with _build_lock(path.parent):
+        if not _executable(path):
+            started = time.monotonic()
+            work = cache_dir() / "build"
+            work.mkdir(parents=True, exist_ok=True)
+            package = f"sigs.k8s.io/cri-tools/cmd/crictl@v{CRICTL_VERSION}"
+            _install(path, lambda dest: _go(go, ["install", package], work, gobin=dest.parent))
+            _say(log, f"built crictl in {time.monotonic() - started:.0f}s")
     return path
 
 
@@ -292,18 +361,6 @@ def pinned_replaces(pinned_gomod: str) -> list[str]:
     return out
 
 
-@contextlib.contextmanager
-def _build_lock(directory: Path) -> Iterator[None]:
-    """One build at a time per binary, across processes (tests, benchmarks, the CLI)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def ensure_jaeger(log: bool = True) -> Path:
     """Jaeger v2 (all-in-one: an OTLP receiver, in-memory storage, the query API) for the
     tracing tests and benchmark, built from its Go module into the cache (once)."""
@@ -330,11 +387,9 @@ def ensure_jaeger(log: bool = True) -> Path:
         )
         (work / "tools.go").write_text(_TOOLS_GO.format(imports=f'\t_ "{module}/cmd/jaeger"\n'))
         _go(go, ["mod", "tidy"], work)
-        tmp = path.with_name(f"jaeger.{os.getpid()}.tmp")
-        try:
-            _go(go, ["build", "-ldflags", "-s -w", "-o", str(tmp), f"{module}/cmd/jaeger"], work)
-            tmp.rename(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _install(
+            path,
+            functools.partial(_go_build, go, work, ["-ldflags", "-s -w"], f"{module}/cmd/jaeger"),
+        )
         _say(log, f"built jaeger in {time.monotonic() - started:.0f}s")
     return path

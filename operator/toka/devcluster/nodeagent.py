@@ -14,8 +14,11 @@ restarted if they crash, stopped after the main containers); deletion
 (SIGTERM, grace, SIGKILL, then the final DELETE); `activeDeadlineSeconds`.
 Any image that is not Toka's gets `ErrImagePull`, then `ImagePullBackOff`.
 
-Every pod shares the host's loopback, so each gets its own 127.x.y.z as pod
-IP and only `TOKA_KERNEL_ADDR`'s host is rewritten to it.
+Every pod shares the host's loopback, so each gets two addresses of its own in
+127/8: its pod IP, and next to it (`pod_loopback`) what stands for the pod's
+loopback, to which only `TOKA_KERNEL_ADDR`'s host is rewritten. Probes go to the
+pod IP, as a kubelet's do: a listener on loopback alone fails an `httpGet` or
+`tcpSocket` probe here as it does on a real node.
 """
 
 from __future__ import annotations
@@ -96,10 +99,17 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(repl, text)
 
 
-def rewrite_kernel_addr(value: str, pod_ip: str) -> str:
+def pod_loopback(pod_ip: str) -> str:
+    """The address that stands for a pod's loopback: the one after its pod IP
+    (`NodeAgent.allocate_ip` hands out only even last octets)."""
+    head, _, last = pod_ip.rpartition(".")
+    return f"{head}.{int(last) + 1}"
+
+
+def rewrite_kernel_addr(value: str, loopback: str) -> str:
     """`host:port` with the host replaced by the pod's own loopback address."""
     _, sep, port = value.rpartition(":")
-    return f"{pod_ip}:{port}" if sep else pod_ip
+    return f"{loopback}:{port}" if sep else loopback
 
 
 class PodSetupError(Exception):
@@ -150,6 +160,7 @@ class PodRuntime:
         self.name: str = meta["name"]
         self.uid: str = meta["uid"]
         self.ip = pod_ip
+        self.loopback = pod_loopback(pod_ip)
         self.dir = agent.root / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
         spec = pod["spec"]
         self.inits = [
@@ -576,7 +587,7 @@ class PodRuntime:
             else:
                 env[name] = await self._value_from(item["valueFrom"], spec)
             if name == "TOKA_KERNEL_ADDR":
-                env[name] = rewrite_kernel_addr(env[name], self.ip)
+                env[name] = rewrite_kernel_addr(env[name], self.loopback)
         return env
 
     async def _value_from(self, src: JSON, spec: JSON) -> str:
@@ -746,6 +757,7 @@ class PodRuntime:
             await self._start(c)
 
     async def _probe(self, probe: JSON, c: ContainerRun) -> bool:
+        """As the kubelet: `httpGet` and `tcpSocket` to the pod IP, never its loopback."""
         timeout = float(probe.get("timeoutSeconds", 1))
         if "httpGet" in probe:
             hg = probe["httpGet"]
@@ -920,7 +932,8 @@ class NodeAgent:
         self._next_ip = 1
 
     def allocate_ip(self) -> str:
-        n = self._next_ip
+        """A pod IP, with an even last octet: the odd one after it is the pod's loopback."""
+        n = 2 * self._next_ip
         self._next_ip += 1
         return f"127.{self._net}.{n // 250}.{n % 250 + 2}"
 

@@ -22,8 +22,11 @@ from aiohttp import web
 from toka import tracing
 from toka.api.capabilities import Grant
 from toka.api.models import Agent, Provider
+from toka.contract import DEFAULT_KERNEL_ADDR as DEFAULT_ADDR
+from toka.contract import KERNEL_ADDR_ENV as ADDR_ENV
 from toka.kernel.mcp import McpTools
 from toka.kernel.policy import Policy
+from toka.kernel.probe import split_addr
 from toka.kernel.recording import RecordingWriter
 from toka.kernel.reporter import Reporter
 from toka.kernel.results import Remote, Results
@@ -43,11 +46,6 @@ log = logging.getLogger("toka.kernel")
 POLL_SECONDS = 5.0
 MCP_START_SECONDS = 10.0
 MCP_LIST_SECONDS = 60.0  # how often servers are asked again for their tools
-
-
-def _split(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 def _resource(ns: str) -> dict[str, str]:
@@ -237,13 +235,13 @@ async def serve(config: KubeConfig | None = None) -> None:
         # but a slow server only delays the start so long (it is retried afterwards).
         async with asyncio.timeout(MCP_START_SECONDS):
             await kernel.refresh_mcp()
-    host, port = _split(os.environ.get("TOKA_KERNEL_ADDR", "127.0.0.1:8181"))
+    host, port = split_addr(os.environ.get(ADDR_ENV, DEFAULT_ADDR))
     runner = web.AppRunner(kernel.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     metrics_runner = None
     if os.environ.get("TOKA_METRICS_ADDR"):
-        mhost, mport = _split(os.environ["TOKA_METRICS_ADDR"])
+        mhost, mport = split_addr(os.environ["TOKA_METRICS_ADDR"])
         metrics_runner = web.AppRunner(kernel.metrics_app(), access_log=None, shutdown_timeout=1.0)
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, mhost, mport).start()

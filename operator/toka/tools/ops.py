@@ -241,6 +241,7 @@ def shell_exec(workspace: Path, args: JSON) -> JSON:
 
 _RUNNING: set[int] = set()
 _RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by `kill_running`: no program starts after it
 
 
 def _reap_orphans() -> None:
@@ -267,6 +268,17 @@ def _reap_orphans() -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+
+
+def kill_running() -> None:
+    """End the programs of calls still running, each with its process group: the server
+    is stopping, and nothing it started may outlive it."""
+    with _RUNNING_LOCK:
+        _STOPPING.set()
+        running = list(_RUNNING)
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _children() -> set[int]:
@@ -309,6 +321,8 @@ def _run(
         # Held until the program is known as running: another call's reaper must not
         # take it for a leftover in between.
         with _RUNNING_LOCK:
+            if _STOPPING.is_set():
+                raise ToolError("the tools server is stopping", status=503)
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,

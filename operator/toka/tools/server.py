@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import socket
 import socketserver
 import struct
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from toka.tools import sandbox
-from toka.tools.ops import OPS, ToolError, Workspace, os_error, prepare_workspace
+from toka.tools.ops import OPS, ToolError, Workspace, kill_running, os_error, prepare_workspace
 
 MAX_BODY = 2_000_000
 MAX_HEADER_LINES = 100
@@ -168,27 +169,25 @@ def trusted_peer(pid: int, me: int, proc: Path = Path("/proc")) -> bool:
     """Whether the process that connected is not one this server started, nor one they
     started: in another PID namespace (0: the kernel's container), this process itself
     (the kernel in tests), or one whose ancestry is known and does not pass through
-    `me`. Fails closed: a peer gone before it is looked at (it connected, handed the
-    socket on and exited) is untrusted, and so is one that is exiting while it is looked
-    at, whose stat file already reads parent 0, the same as the top of the tree."""
+    `me` — it reaches init, or a parent outside this PID namespace (a probe or `kubectl
+    exec`, whose parent reads 0). Fails closed: a peer gone before it is looked at (it
+    connected, handed the socket on and exited) is untrusted, and so is any process on
+    the way up that is exiting (a zombie, or one being reaped, whose parent already
+    reads 0 as if it were the top)."""
     if pid in (0, me):
         return True
-    first = True
     for _ in range(4096):
         try:
             fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
             state, parent = fields[0], int(fields[1])
         except (OSError, IndexError, ValueError):
             return False
-        if first and state in ("Z", "X", "x"):
+        if state in ("Z", "X", "x"):
             return False
-        first = False
         if parent == me:
             return False
-        if parent == 1:
+        if parent in (0, 1):
             return True
-        if parent == 0:
-            return pid == 1
         pid = parent
     return False
 
@@ -206,22 +205,44 @@ def probe(path: str) -> int:
         return 1
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT: stop serving, wherever the main thread is."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    # Once: a second signal must not interrupt the way out.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
 def main(argv: list[str]) -> int:
     path = os.environ.get("TOKA_TOOLS_SOCKET", "/run/toka/tools.sock")
     if "--probe" in argv:
         return probe(path)
+    # PID 1 in its container ignores a signal it has no handler for: without these the
+    # pod would wait out its whole grace period, and end with a SIGKILL.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     workspace = Path(os.environ.get("TOKA_WORKSPACE", "/workspace"))
-    # Orphans of the programs it runs become its children: `trusted_peer` sees them all,
-    # and each call's leftovers are killed.
-    sandbox.become_subreaper()
-    state = prepare_workspace(workspace, os.environ)
-    if state["state"] == "Ready":
-        print(f"toka tools: workspace ready ({_describe(state)}); serving on {path}", flush=True)
-    else:
-        # Served anyway: the kernel reads the reason and reports it on the Agent.
-        print(f"toka tools: workspace failed: {state['message']}", file=sys.stderr, flush=True)
-    with ToolServer(path, workspace, Workspace(workspace, state, os.environ)) as server:
-        server.serve_forever()
+    try:
+        # Orphans of the programs it runs become its children: `trusted_peer` sees them
+        # all, and each call's leftovers are killed.
+        sandbox.become_subreaper()
+        state = prepare_workspace(workspace, os.environ)
+        if state["state"] == "Ready":
+            print(
+                f"toka tools: workspace ready ({_describe(state)}); serving on {path}", flush=True
+            )
+        else:
+            # Served anyway: the kernel reads the reason and reports it on the Agent.
+            print(f"toka tools: workspace failed: {state['message']}", file=sys.stderr, flush=True)
+        with ToolServer(path, workspace, Workspace(workspace, state, os.environ)) as server:
+            server.serve_forever()
+    except _Stopped as stopped:
+        print(f"toka tools: stopping ({signal.Signals(stopped.args[0]).name})", flush=True)
+    finally:
+        kill_running()
     return 0
 
 

@@ -261,9 +261,12 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
                 "restartPolicy": "Always",
                 "env": kernel_env,
                 "ports": [{"name": "metrics", "containerPort": config.metrics_port}],
+                # Exec, not httpGet: the kubelet probes the pod IP, and the kernel's API
+                # listens on loopback only. Its timeout leaves the probe's own 2 s to answer.
                 "startupProbe": {
-                    "httpGet": {"path": "/readyz", "port": config.kernel_port},
+                    "exec": {"command": [*ENTRYPOINT, "kernel", "--probe"]},
                     "periodSeconds": 1,
+                    "timeoutSeconds": 3,
                     "failureThreshold": 120,
                 },
                 "volumeMounts": kernel_mounts,
@@ -282,6 +285,7 @@ def build_agent_pod(agent_body: JSON, attempt: int, config: PodConfig) -> JSON:
                 "startupProbe": {
                     "exec": {"command": [*ENTRYPOINT, "tools", "--probe"]},
                     "periodSeconds": 1,
+                    "timeoutSeconds": 3,  # the probe's own connect timeout is 2 s
                     "failureThreshold": 300,
                 },
                 "volumeMounts": tools_mounts,
