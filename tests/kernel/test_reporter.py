@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from toka.kernel.reporter import Reporter
 from toka.kube.client import ApiError
@@ -168,6 +171,35 @@ async def test_a_new_attempt_adopts_the_earlier_report_and_reruns_only_unfinishe
         "three": (TaskState.PENDING, 0),
     }
     assert r.run.progress == "1/3"
+
+
+async def test_a_kernel_restarted_in_its_pod_keeps_the_running_task_running() -> None:
+    from toka.api.models import RunStatus, TaskState, TaskStatus
+
+    earlier = RunStatus(
+        tasks=[TaskStatus(name="two", state=TaskState.RUNNING, attempts=1)],
+        current_task="two",
+    )
+    r = Reporter(API(), "ns", "a")  # type: ignore[arg-type]
+    r.adopt(earlier, ["two"], restarted=True)
+    assert [(t.name, t.state, t.attempts) for t in r.run.tasks or []] == [
+        ("two", TaskState.RUNNING, 1)
+    ]
+    assert r.run.current_task == "two"
+
+
+def test_a_kernel_knows_when_it_starts_again_in_the_same_pod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toka.kernel.main import restarted_in_this_pod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TOKA_ATTEMPT", "1")
+    assert restarted_in_this_pod("uid-a") is False
+    assert restarted_in_this_pod("uid-a") is True
+    assert restarted_in_this_pod("uid-b") is False
+    monkeypatch.setenv("TOKA_ATTEMPT", "2")  # a new attempt is a new pod
+    assert restarted_in_this_pod("uid-a") is False
 
 
 def test_a_key_shaped_follow_up_name_is_refused_not_rewritten() -> None:

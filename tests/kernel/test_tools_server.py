@@ -201,7 +201,7 @@ PROCESSES = {
     600: ("S", ME),  # a program this server started
     601: ("S", 600),  # and its child
     602: ("Z", 600),  # a child that connected, exited and was not reaped
-    603: ("X", 0),  # a child being reaped while it is looked at: parent already reads 0
+    603: ("X", 0),  # a child being reaped: parent already reads 0
     700: ("S", 603),  # the child of a parent that is exiting
     800: ("S", 0),  # a probe or `kubectl exec`: its parent is outside the PID namespace
     801: ("S", 800),
@@ -233,3 +233,21 @@ def test_the_tools_server_trusts_no_program_it_started_nor_one_it_cannot_place(
         stat = f"{pid} (python3 (x)) {state} {parent} {pid} {pid} 0 -1 4194560 0 0"
         (tmp_path / str(pid) / "stat").write_text(stat)
     assert trusted_peer(peer, ME, proc=tmp_path) is trusted
+
+
+def test_a_peer_reaped_while_its_stat_is_read_is_untrusted_though_one_read_looked_like_the_top(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel reads a task's state before its parent: one read of a child reaped in
+    between says "running, parent 0". Reading it again shows it gone."""
+    from toka.tools import server as server_module
+
+    reads: list[int] = []
+
+    def read_stat(pid: int, proc: Path = Path("/proc")) -> tuple[str, int] | None:
+        reads.append(pid)
+        return ("R", 0) if reads.count(pid) == 1 else None
+
+    monkeypatch.setattr(server_module, "read_stat", read_stat)
+    assert trusted_peer(900, ME) is False
+    assert reads == [900, 900]

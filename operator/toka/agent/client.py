@@ -1,4 +1,10 @@
-"""The agent's only link: HTTP to its kernel on TOKA_KERNEL_ADDR. No key, no token."""
+"""The agent's only link: HTTP to its kernel on TOKA_KERNEL_ADDR. No key, no token.
+
+The kernel is a native sidecar: the kubelet restarts it if it exits, and it takes up
+the Agent's status where it left off. A request the kernel dropped on its way out is
+sent again once it answers again, so the run goes on; a tool call cut off that way
+may therefore run twice (at least once, never lost).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +27,26 @@ class KernelError(Exception):
         return str(self.body.get("error", ""))
 
 
+# How long a restarting kernel may take to answer again (the kubelet's restart
+# back-off, then its startup probe), and how often one request is sent again.
+RESTART_WAIT_SECONDS = 180.0
+RESENDS = 3
+
+
 class KernelClient:
     def __init__(self, addr: str, timeout: float = 660):
         self.http = httpx.AsyncClient(
             base_url=f"http://{addr}", timeout=httpx.Timeout(timeout, connect=5)
         )
+
+    async def _request(self, method: str, path: str, body: JSON | None) -> httpx.Response:
+        """The kernel's answer, across a restart of the kernel."""
+        for _ in range(RESENDS):
+            try:
+                return await self.http.request(method, path, json=body)
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                await self.wait_ready(RESTART_WAIT_SECONDS)
+        return await self.http.request(method, path, json=body)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -44,7 +65,7 @@ class KernelClient:
             await asyncio.sleep(0.2)
 
     async def _call(self, method: str, path: str, body: JSON | None = None) -> JSON:
-        resp = await self.http.request(method, path, json=body)
+        resp = await self._request(method, path, body)
         try:
             data: JSON = resp.json()
         except ValueError:
@@ -67,7 +88,7 @@ class KernelClient:
         return await self._answer("/v1/messages", {**args, "type": "SpawnSubAgent"})
 
     async def _answer(self, path: str, body: JSON) -> tuple[int, JSON]:
-        resp = await self.http.post(path, json=body)
+        resp = await self._request("POST", path, body)
         try:
             return resp.status_code, resp.json()
         except ValueError:

@@ -34,6 +34,8 @@ from toka.devcluster.netns import enter as enter_netns
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
+# Loaded once: `die_with_parent` runs in a forked child before exec.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 INNER_API_PORT = 6443
 KUBELET_CLIENT_BINDING: dict[str, Any] = {
     "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -64,8 +66,7 @@ CONTROLLERS = (
 
 def die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the process that started it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setpgrp()
 
 

@@ -29,6 +29,10 @@ from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
+MAX_CONNECTIONS = 400
+# Loaded once here: `enter` also runs in a forked child before exec (preexec_fn), where
+# loading a library could deadlock on a lock another thread of the parent held.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def netns_path(name: str) -> Path:
@@ -37,10 +41,9 @@ def netns_path(name: str) -> Path:
 
 def enter(name: str) -> None:
     """Move the calling thread (the whole process, if it has one thread) into `name`."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"setns into network namespace {name}: {os.strerror(err)}")
     finally:
@@ -83,25 +86,35 @@ def interfaces(name: str) -> list[str]:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction; at its end only that direction is closed (the answer to a request
+    whose sender has finished sending still comes back)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
     except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            writer.close()
+        writer.transport.abort()
 
 
 async def _serve(listener: socket.socket, inner_port: int) -> None:
+    # Bounded: idle clients cannot use up the file descriptors.
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            inner_reader, inner_writer = await asyncio.open_connection("127.0.0.1", inner_port)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
+        async with slots:
+            try:
+                inner_reader, inner_writer = await asyncio.open_connection("127.0.0.1", inner_port)
+            except OSError:
+                writer.close()
+                return
+            try:
+                await asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer))
+            finally:
+                for w in (writer, inner_writer):
+                    with contextlib.suppress(OSError, RuntimeError):
+                        w.close()
 
     server = await asyncio.start_server(handle, sock=listener)
     async with server:

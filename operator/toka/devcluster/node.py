@@ -21,14 +21,18 @@ their own and hide the kubelet's volume mounts from containerd.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +86,13 @@ PACKAGES = (
     "ipset",
 )
 CNI_BIN_DIR = Path("/usr/lib/cni")
-KUBELET_ROOTS = Path("/var/lib/toka")
+# Not /var/lib/toka: agent pods mount volumes there, and the stand-in node's containers
+# see the host's root.
+KUBELET_ROOTS = Path("/var/lib/toka-nodes")
+# Each running node's sockets and state; the host's sysctls saved while any runs.
+RUN_ROOT = Path("/run/toka")
+SAVED_SYSCTLS = RUN_ROOT / "host-sysctls.json"
+STOP_ORDER = ("kube-router", "kube-scheduler", "kube-proxy", "kubelet")
 
 
 class NodeError(RuntimeError):
@@ -232,6 +242,9 @@ def kube_proxy_config(kubeconfig: Path) -> dict[str, Any]:
         "hostnameOverride": NODE_NAME,
         "clusterCIDR": POD_CIDR,
         "bindAddress": NODE_IP,
+        # No NodePorts on localhost, so kube-proxy leaves route_localnet off: nothing a pod
+        # sends is routed to the namespace's 127.0.0.1, where etcd listens.
+        "iptables": {"localhostNodePorts": False},
         # On the namespace's own loopback (kube-proxy refuses port 0).
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
@@ -258,6 +271,14 @@ def remove_cgroup_tree(root: Path) -> None:
     for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -len(t[0])):
         with contextlib.suppress(OSError):
             os.rmdir(dirpath)
+
+
+@contextlib.contextmanager
+def _host_lock() -> Iterator[None]:
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    with (RUN_ROOT / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _mounts() -> list[str]:
@@ -297,14 +318,13 @@ class RealNode:
         self.images = images
         self.crictl = crictl
         self.network_policy = network_policy
-        self.run_dir = Path("/run/toka") / self.netns
+        self.run_dir = RUN_ROOT / self.netns
         # Short, whatever the work directory: the kubelet makes Unix sockets under it.
         self.kubelet_root = KUBELET_ROOTS / self.netns
         self.socket = self.run_dir / "containerd.sock"
         self.cgroup_root = f"/{self.netns}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = self.workdir / "logs"
-        self._sysctls: dict[str, str] = {}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -322,7 +342,7 @@ class RealNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._sysctls = {k: Path("/proc/sys", k).read_text() for k in KUBELET_SYSCTLS}
+        self._save_sysctls()
         try:
             self._start_containerd(timeout)
             self._import_images()
@@ -340,24 +360,91 @@ class RealNode:
         return self
 
     def stop(self) -> None:
-        for name in ("kube-router", "kube-scheduler", "kube-proxy", "kubelet"):
-            self._terminate(name, 10)
-        if "containerd" in self.procs:
-            self._remove_pods()
-            self._terminate("containerd", 10)
+        """Every step is tried whatever the one before it did: a step that fails is logged,
+        and the rest still put the machine back."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            *((f"stop {n}", functools.partial(self._terminate, n, 10)) for n in STOP_ORDER),
+            ("remove pods", self._remove_pods),
+            ("stop containerd", functools.partial(self._terminate, "containerd", 10)),
+            ("stop what containerd left", self._kill_shims),
+            ("unmount", self._unmount),
+            ("remove cgroups", self._remove_cgroups),
+            ("restore kernel settings", self._restore_sysctls),
+            ("remove directories", self._remove_dirs),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as err:
+                print(f"[toka devcluster] {what}: {err}", file=sys.stderr, flush=True)
         self.procs.clear()
+
+    def _kill_shims(self) -> None:
+        """containerd's shims (and the containers under them) run in process groups of
+        their own; any this node's containerd started, and `rmp` did not end, go now."""
+        needle = str(self.socket).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+
+    def _unmount(self) -> None:
         unmount_under(self.workdir)
         unmount_under(self.kubelet_root)
         unmount_under(self.run_dir)
-        for mount in cgroup_mounts():
-            remove_cgroup_tree(mount / self.cgroup_root.lstrip("/"))
-        for key, value in self._sysctls.items():
-            with contextlib.suppress(OSError):
-                Path("/proc/sys", key).write_text(value)
+
+    def _remove_cgroups(self) -> None:
+        """Whatever still runs in the node's cgroups (a container whose shim went first)
+        is killed; then the cgroups go, leaf first."""
+        roots = [mount / self.cgroup_root.lstrip("/") for mount in cgroup_mounts()]
+        for root in roots:
+            for procs in root.rglob("cgroup.procs") if root.is_dir() else ():
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+        for _ in range(50):
+            for root in roots:
+                remove_cgroup_tree(root)
+            if not any(root.exists() for root in roots):
+                return
+            time.sleep(0.1)
+
+    def _remove_dirs(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         top = str(self.kubelet_root)
         if not any(m.split()[4] == top or m.split()[4].startswith(top + "/") for m in _mounts()):
             shutil.rmtree(self.kubelet_root, ignore_errors=True)
+
+    def _other_nodes(self) -> list[Path]:
+        """The run directories of the other nodes running on this machine."""
+        return [
+            d
+            for d in RUN_ROOT.iterdir()
+            if d.is_dir() and d != self.run_dir and netns.netns_path(d.name).exists()
+        ]
+
+    def _save_sysctls(self) -> None:
+        """The host's own values, kept once for all nodes on this machine: a node that
+        starts while another runs would otherwise take the kubelet's values for the host's.
+        Kept by a node that crashed, they are stale once no node runs."""
+        with _host_lock():
+            if not SAVED_SYSCTLS.exists() or not self._other_nodes():
+                values = {k: Path("/proc/sys", k).read_text() for k in KUBELET_SYSCTLS}
+                SAVED_SYSCTLS.write_text(json.dumps(values))
+
+    def _restore_sysctls(self) -> None:
+        """Put the host's values back when the last node on this machine stops."""
+        with _host_lock():
+            if self._other_nodes() or not SAVED_SYSCTLS.exists():
+                return
+            for key, value in json.loads(SAVED_SYSCTLS.read_text()).items():
+                with contextlib.suppress(OSError):
+                    Path("/proc/sys", key).write_text(value)
+            SAVED_SYSCTLS.unlink()
 
     # --- components ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -54,6 +55,18 @@ def _resource(ns: str) -> dict[str, str]:
     if os.environ.get("TOKA_POD_NAME"):
         resource["k8s.pod.name"] = os.environ["TOKA_POD_NAME"]
     return resource
+
+
+def restarted_in_this_pod(key: str) -> bool:
+    """Whether a kernel started in this pod before (the kubelet restarted it): the first
+    start leaves a mark in the pod's /tmp, an emptyDir that outlives the container."""
+    attempt = os.environ.get("TOKA_ATTEMPT", "0")
+    digest = hashlib.sha256(f"{key}/{attempt}".encode()).hexdigest()[:16]
+    marker = Path(tempfile.gettempdir()) / f"toka-kernel-{digest}.started"
+    if marker.exists():
+        return True
+    marker.touch()
+    return False
 
 
 async def read_agent(kube: AsyncKube, ns: str, name: str, timeout: float = 120) -> Agent:
@@ -171,7 +184,9 @@ async def serve(config: KubeConfig | None = None) -> None:
         )
     ]
     reporter.adopt(
-        agent.status.run if agent.status else None, [t.name for t in agent.spec.tasks] + extra
+        agent.status.run if agent.status else None,
+        [t.name for t in agent.spec.tasks] + extra,
+        restarted=restarted_in_this_pod(agent.metadata.uid or f"{ns}/{name}"),
     )
     policy = Policy(
         Grant.from_strings(agent.spec.capabilities or []),

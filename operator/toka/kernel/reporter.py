@@ -155,8 +155,12 @@ class Reporter:
         else:
             self._cuts.pop(key, None)
 
-    def adopt(self, run: RunStatus | None, task_names: list[str]) -> None:
-        """Start from what an earlier attempt reported; add the spec's tasks not seen yet."""
+    def adopt(
+        self, run: RunStatus | None, task_names: list[str], *, restarted: bool = False
+    ) -> None:
+        """Start from what an earlier attempt reported; add the spec's tasks not seen yet.
+        `restarted`: this kernel restarted within the same pod, whose agent still runs its
+        task, so a running task stays running."""
         if run is not None:
             self.run = run.model_copy(deep=True)
         self.run.tasks = self.run.tasks or []
@@ -167,7 +171,7 @@ class Reporter:
             if name not in known:
                 self.run.tasks.append(TaskStatus(name=name[:MAX_NAME], state=TaskState.PENDING))
         for t in self.run.tasks:
-            if t.state == TaskState.RUNNING:
+            if t.state == TaskState.RUNNING and not restarted:
                 # The attempt that ran it is gone; it runs again in this one.
                 t.state = TaskState.PENDING
         # The earlier attempt's cuts, read back from their markers.

@@ -44,8 +44,10 @@ class _Handler(socketserver.StreamRequestHandler):
         # A program the agent runs here is confined by Landlock, but a Unix socket's path is
         # not a file it opens: it could still connect and ask for any tool, unchecked. Only
         # the kernel may; what this server started (or what they started) may not, and
-        # is answered before a byte of its request is read.
-        if not trusted_peer(peer_pid(self.request), os.getpid()):
+        # is answered before a byte of its request is read. The kernel runs as another
+        # user; programs run here cannot change theirs (no privileges, no_new_privs).
+        pid, uid = peer_credentials(self.request)
+        if not (uid != os.getuid() or trusted_peer(pid, os.getpid())):
             self._reply(403, {"error": "not for programs run by tools"}, close=True)
             return
         while True:
@@ -160,9 +162,20 @@ def sandbox_status(_: dict[str, Any]) -> dict[str, Any]:
     return {"landlock": abi, "guarantees": sandbox.guarantees(abi)}
 
 
-def peer_pid(sock: socket.socket) -> int:
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process that connected, as at connect time."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[0])
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
+
+
+def read_stat(pid: int, proc: Path = Path("/proc")) -> tuple[str, int] | None:
+    """(state, parent pid) from /proc/<pid>/stat, or None when it is gone or unreadable."""
+    try:
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def trusted_peer(pid: int, me: int, proc: Path = Path("/proc")) -> bool:
@@ -170,24 +183,26 @@ def trusted_peer(pid: int, me: int, proc: Path = Path("/proc")) -> bool:
     started: in another PID namespace (0: the kernel's container), this process itself
     (the kernel in tests), or one whose ancestry is known and does not pass through
     `me` — it reaches init, or a parent outside this PID namespace (a probe or `kubectl
-    exec`, whose parent reads 0). Fails closed: a peer gone before it is looked at (it
-    connected, handed the socket on and exited) is untrusted, and so is any process on
-    the way up that is exiting (a zombie, or one being reaped, whose parent already
-    reads 0 as if it were the top)."""
+    exec`, whose parent reads 0).
+
+    Fails closed. A peer gone before it is looked at (it connected, handed the socket on
+    and exited) is untrusted, and so is any process on the way up that is exiting. One
+    read is not enough for that: a process reaped while its stat is read can read as
+    running with parent 0, as if it were the top. So every link is read again once the
+    walk has decided, and the answer stands only if all are still there, unchanged."""
     if pid in (0, me):
         return True
+    chain: list[tuple[int, tuple[str, int]]] = []
     for _ in range(4096):
-        try:
-            fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-            state, parent = fields[0], int(fields[1])
-        except (OSError, IndexError, ValueError):
+        stat = read_stat(pid, proc)
+        if stat is None or stat[0] in ("Z", "X", "x"):
             return False
-        if state in ("Z", "X", "x"):
-            return False
+        chain.append((pid, stat))
+        parent = stat[1]
         if parent == me:
             return False
         if parent in (0, 1):
-            return True
+            return all(read_stat(p, proc) == seen for p, seen in chain)
         pid = parent
     return False
 
