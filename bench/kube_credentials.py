@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from toka.devcluster.controlplane import ControlPlane
-from toka.kube.client import CONFIGMAPS, ROLEBINDINGS, SERVICEACCOUNTS, AsyncKube
+from toka.kube.client import CONFIGMAPS, ROLEBINDINGS, SERVICEACCOUNTS, ApiError, AsyncKube
 from toka.kube.kubeconfig import load_kubeconfig
 
 PLUGIN = Path(__file__).resolve().parent.parent / "tests" / "exec_plugin.py"
@@ -84,6 +84,20 @@ def exec_kubeconfig(cp: ControlPlane, work: Path) -> Path:
     return path
 
 
+async def allowed(kube: AsyncKube, timeout: float = 60) -> None:
+    """Until the binding takes effect: `view` is an aggregated ClusterRole, empty until the
+    controller-manager's aggregation controller has filled it on a fresh control plane."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await kube.get(CONFIGMAPS, "kube-root-ca.crt", "default")
+            return
+        except ApiError as err:
+            if err.status not in (403, 404) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def requests(cp: ControlPlane, work: Path, rounds: int) -> None:
     async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as admin:
         await admin.create(SERVICEACCOUNTS, {"metadata": {"name": "bench"}}, "default")
@@ -104,6 +118,7 @@ async def requests(cp: ControlPlane, work: Path, rounds: int) -> None:
     header = config.authorization() or ""
     direct = config.with_token(header.removeprefix("Bearer "))
     async with AsyncKube(config) as plugin, AsyncKube(direct) as token:
+        await allowed(token)
         base = await p50_ms(token, rounds)
         cred = await p50_ms(plugin, rounds)
         base = min(base, await p50_ms(token, rounds))  # interleaved, best of two
