@@ -6,7 +6,6 @@ Deployment under the chart's ServiceAccount — what a user's cluster does.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -155,4 +154,3 @@ async def namespace(kube: AsyncKube, request: pytest.FixtureRequest) -> AsyncIte
     except ApiError as err:
         if not err.not_found:
             raise
-    await asyncio.sleep(0)

@@ -40,7 +40,6 @@ from toka.kube.kubeconfig import load_kubeconfig
 
 STATE_FILE = "state.json"
 REAL, AGENT, NONE = "real", "agent", "none"
-NODES = (REAL, AGENT, NONE)
 OPERATOR_PID = "operator.pid"
 
 

@@ -30,8 +30,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,6 @@ from toka.devcluster.controlplane import (
     CONTROLLERS,
     ControlPlane,
     ControlPlaneError,
-    inside_netns,
 )
 from toka.devcluster.image import Images
 from toka.devcluster.netpol import start_kube_router
@@ -657,22 +654,6 @@ class RealCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def node_reachable(cp: ControlPlane) -> bool:
-    """Whether the kubelet's port answers inside the namespace (used by tests)."""
-    assert cp.netns is not None
-
-    def probe() -> bool:
-        try:
-            urllib.request.urlopen(f"https://{NODE_IP}:10250/healthz", timeout=2)
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-        return True
-
-    return inside_netns(cp.netns, probe)()
 
 
 __all__ = [
