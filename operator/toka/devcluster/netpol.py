@@ -265,22 +265,6 @@ def start_kube_router(
     return proc
 
 
-def stop_kube_router(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM to its process group, SIGKILL after `grace`. Its chains and ipsets stay
-    (kube-router removes nothing on exit, only `--cleanup-config` does): they go with
-    the node's namespace."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
 __all__ = [
     "KUBE_ROUTER_VERSION",
     "NetworkPolicyError",
@@ -290,5 +274,4 @@ __all__ = [
     "kube_router_path",
     "rbac_manifests",
     "start_kube_router",
-    "stop_kube_router",
 ]
