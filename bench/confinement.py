@@ -7,7 +7,7 @@ costs: building the ruleset from the grants (opening each path, adding its
 rule) and two system calls in the child. Two programs: `true` (the exec is
 almost all of it) and `git status` (a typical one). Grants: a wide one
 (`**`) and a narrow glob whose matching files are enumerated per call.
-Target (DESIGN §10): ≤ 1.2×.
+Target (docs/architecture.md, Measured targets): ≤ 1.2×.
 
     python -m bench.confinement [--rounds N] [--files N] [--smoke]
 """

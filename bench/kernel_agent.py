@@ -9,7 +9,8 @@ Every figure has its baseline measured in the same run, on the same machine:
 - emit → visible on the Agent (the reporter's merge patch, seen by a watch),
   versus one raw status PATCH seen by the same watch;
 - the RSS of the kernel, tools and agent processes of a real agent pod on the
-  dev node (no baseline: absolute figures against DESIGN §10's targets).
+  dev node (no baseline: absolute figures against the targets in
+  docs/architecture.md, Measured targets).
 
     python -m bench.kernel_agent [--messages N] [--smoke]
 """

@@ -3,7 +3,7 @@
 Both sides POST the same Chat Completions request to one OpenAI-format
 server on loopback and parse the JSON answer; the gateway adds sanitation,
 the rate limiter, tenacity, validation, metrics and the audit record.
-Target (DESIGN §10): ≤ 1 ms p50 overhead.
+Target (docs/architecture.md, Measured targets): ≤ 1 ms p50 overhead.
 
     python -m bench.llm_gateway_overhead [--calls N] [--smoke]
 """

@@ -4,7 +4,8 @@ Toka's path (what the tools sidecar does in a dependent's pod): make the
 base commit from the workspace files, fetch each dependency's result from
 its bundle, merge them in dependsOn order. The baseline, in the same run,
 on the same commits: `git clone` of a repository that already holds them
-and `git merge` of the same result commits. Target (DESIGN §10): ≤ 1.5×.
+and `git merge` of the same result commits. Target (docs/architecture.md,
+Measured targets): ≤ 1.5×.
 
 Then (not in --smoke) the demo session runs on the dev cluster and the size
 of every result object it leaves is printed: each Agent's bundle and the

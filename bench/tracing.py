@@ -10,8 +10,8 @@ between the two so both see the same machine at the same moments:
 - an LLM call through the kernel (POST /v1/llm/complete) to one local
   OpenAI-format server: with tracing on, a chat span and a policy span each;
 
-then each kernel's RSS, after the load. Target (DESIGN §10): tracing on ≤ 1.1×
-off for the message p50 and the kernel's RSS.
+then each kernel's RSS, after the load. Target (docs/architecture.md, Measured
+targets): tracing on ≤ 1.1× off for the message p50 and the kernel's RSS.
 
     python -m bench.tracing [--calls N] [--smoke]
 """

@@ -112,17 +112,18 @@ class Seen:
 
 @dataclass
 class Recorder:
-    """Every watch event on Agents and Pods of a namespace, as they happen."""
+    """Every watch event on Agents and Pods (or `kinds`) of a namespace, as they happen."""
 
     kube: AsyncKube
     namespace: str
+    kinds: tuple[tuple[str, Resource], ...] = (("agent", AGENTS), ("pod", PODS))
     events: list[Seen] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _uids: set[tuple[str, str]] = field(default_factory=set)
 
     async def __aenter__(self) -> Recorder:
-        for kind, res in (("agent", AGENTS), ("pod", PODS)):
+        for kind, res in self.kinds:
             self._tasks.append(asyncio.create_task(self._watch(kind, res)))
         await asyncio.sleep(0.3)
         return self

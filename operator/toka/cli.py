@@ -19,9 +19,12 @@ not pay for Kopf and `toka crds` needs no cluster.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from toka.contract import AGENT_CONTAINER, KERNEL_CONTAINER, PROBE_FLAG, TOOLS_CONTAINER
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -113,7 +116,8 @@ def _cmd_node_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
-    from toka.controller.main import run
+    from toka.controller.leader import LeaderElection
+    from toka.controller.main import LeadershipLost, run
     from toka.kube.kubeconfig import ConfigError, from_env
 
     try:
@@ -121,14 +125,40 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"toka operator: {err}", file=sys.stderr)
         return 2
-    run(
-        namespaces=args.namespace,
-        liveness=None if args.no_liveness else args.liveness,
-        image=args.image,
-        verbose=args.verbose,
-        kube=kube,
-        metrics=args.metrics_addr,
-    )
+    if args.leader_elect and not args.leader_election_namespace:
+        print(
+            "toka operator: --leader-elect needs --leader-election-namespace (or $POD_NAMESPACE)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        election = (
+            LeaderElection(
+                namespace=args.leader_election_namespace,
+                name=args.leader_election_id,
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+            if args.leader_elect
+            else None
+        )
+    except ValueError as err:
+        print(f"toka operator: {err}", file=sys.stderr)
+        return 2
+    try:
+        run(
+            namespaces=args.namespace,
+            liveness=None if args.no_liveness else args.liveness,
+            image=args.image,
+            verbose=args.verbose,
+            kube=kube,
+            metrics=args.metrics_addr,
+            leader_election=election,
+        )
+    except LeadershipLost as err:
+        print(f"toka operator: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -254,6 +284,26 @@ def _host_port(value: str) -> str:
     return value
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str) -> float:
+    """A Go-style duration as controller-runtime's flags take it: 15s, 500ms, 1m (or seconds)."""
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        number = value.removesuffix(unit)
+        if number != value:
+            break
+    else:
+        number, unit = value, "s"
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (e.g. 15s, 500ms, 1m)")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toka", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -370,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(rec)
     rec.set_defaults(handler=_cmd_record)
 
-    op = sub.add_parser("operator", help="run the operator (Kopf, one replica, standalone)")
+    op = sub.add_parser("operator", help="run the operator (one leader among its replicas)")
     op.add_argument(
         "--namespace",
         "-n",
@@ -393,18 +443,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     op.add_argument("--image", default=None, help="Toka image for agent pods")
     op.add_argument("--verbose", "-v", action="store_true")
+    election = op.add_argument_group(
+        "leader election", "run several replicas: only the holder of a Lease reconciles"
+    )
+    election.add_argument(
+        "--leader-elect", action="store_true", help="elect a leader before reconciling"
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE"),
+        help="the Lease's namespace (default: $POD_NAMESPACE)",
+    )
+    election.add_argument(
+        "--leader-election-id", default="toka-operator", help="the Lease's name (%(default)s)"
+    )
+    for flag, default, what in (
+        ("--lease-duration", "15s", "how long a standby waits after the last renewal"),
+        ("--renew-deadline", "10s", "how long a leader retries renewing before it stops"),
+        ("--retry-period", "2s", "how often candidates and the leader try"),
+    ):
+        election.add_argument(
+            flag, default=default, type=_duration, help=f"{what} (default: {default})"
+        )
     add_cluster_arguments(op)
     op.set_defaults(handler=_cmd_operator)
 
+    # The agent pod's containers run these (toka.contract): the operator passes the name as args.
     kernel = sub.add_parser(
-        "kernel", help="the kernel sidecar (in an agent pod); --probe checks it"
+        KERNEL_CONTAINER, help="the kernel sidecar (in an agent pod); --probe checks it"
     )
-    kernel.add_argument("--probe", action="store_true")
+    kernel.add_argument(PROBE_FLAG, action="store_true")
     kernel.set_defaults(handler=_cmd_kernel)
-    agent = sub.add_parser("agent", help="the agent runtime (in an agent pod)")
+    agent = sub.add_parser(AGENT_CONTAINER, help="the agent runtime (in an agent pod)")
     agent.set_defaults(handler=_cmd_agent)
-    tools = sub.add_parser("tools", help="the tools sidecar (in an agent pod); --probe checks it")
-    tools.add_argument("--probe", action="store_true")
+    tools = sub.add_parser(
+        TOOLS_CONTAINER, help="the tools sidecar (in an agent pod); --probe checks it"
+    )
+    tools.add_argument(PROBE_FLAG, action="store_true")
 
     node = sub.add_parser("node-agent", help="run the dev node agent (dev and tests only)")
     node.add_argument("--root", required=True, help="directory for pod volumes and logs")
@@ -426,7 +501,7 @@ def _node_binaries() -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["tools"]:
+    if argv[:1] == [TOOLS_CONTAINER]:
         # The tools sidecar and its startup probe import only the standard library.
         from toka.tools.server import main as tools_main
 

@@ -1,9 +1,9 @@
 """On a real node, as users run Toka: the chart installed with helm, the operator as its
 Deployment, agent pods under the kubelet and containerd with the image from the Dockerfile.
 
-Tests run in file order, sharing one cluster and one release: install, sessions, the
-attacker's view from inside an agent pod, the NetworkPolicy, a kernel restarted and the
-operator lost mid-run,
+Tests run in file order, sharing one cluster and one release: install (two operator
+replicas, one leading), sessions, the attacker's view from inside an agent pod, the
+NetworkPolicy, a kernel restarted and the leading operator pod lost mid-run,
 upgrade, then uninstall.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from tests.e2e.conftest import (
 from tests.helpers import phase_is, wait_for
 from tests.sessions import agent, call, finish, put_recordings, recording, session
 from toka.console.demo import apply_demo, examples_dir
-from toka.controller.builders.pod import KEY_DIR, TOKEN_DIR, WORKSPACE
+from toka.contract import LLM_KEY_FILE, SERVICE_ACCOUNT_DIR, WORKSPACE
 from toka.devcluster import netns
 from toka.devcluster.node import NODE_IP, NODE_NAME
 from toka.kube.client import AGENTS, PODS, SECRETS, SESSIONS, AsyncKube
@@ -114,17 +115,71 @@ async def succeeded(kube: AsyncKube, ns: str, name: str, timeout: float = 240) -
     )
 
 
-def test_the_chart_installs_and_runs_the_operator_in_the_cluster(installed: Cluster) -> None:
+OPERATOR_PODS = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
+LEASE = f"{RELEASE}-operator"  # the chart's --leader-election-id
+
+
+def operator_pods(cluster: Cluster) -> list[JSON]:
+    """The operator's replicas, those being deleted left out."""
     pods = json.loads(
-        installed.kubectl(
-            "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/name=toka", "-o", "json"
-        )
+        cluster.kubectl("get", "pods", "-n", SYSTEM_NS, "-l", OPERATOR_PODS, "-o", "json")
     )["items"]
-    (pod,) = pods
-    assert pod["spec"]["nodeName"] == NODE_NAME
-    assert pod["spec"]["serviceAccountName"] == "toka-operator"
-    assert pod["spec"]["containers"][0]["image"] == installed.images.toka
-    assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def leader_pod(cluster: Cluster, timeout: float = 60) -> str:
+    """The name of the operator pod that holds the Lease, once one does. Its identity is
+    its hostname (the pod's name), then `_` and what tells its processes apart."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = [p["metadata"]["name"] for p in operator_pods(cluster)]
+        holder = cluster.kubectl(
+            "get",
+            "lease",
+            "-n",
+            SYSTEM_NS,
+            LEASE,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+            check=False,
+        ).strip()
+        held = [n for n in names if holder == n or holder.startswith(f"{n}_")]
+        if held:
+            return str(held[0])
+        assert time.monotonic() < deadline, f"no operator pod holds the Lease: {holder!r}, {names}"
+        time.sleep(1)
+
+
+def leader_status(cluster: Cluster, pod: str) -> str:
+    """The pod's own leader_election_master_status sample, scraped from inside it."""
+    return exec_in(
+        cluster,
+        SYSTEM_NS,
+        pod,
+        "operator",
+        "import urllib.request\n"
+        "for line in urllib.request.urlopen('http://127.0.0.1:8081/metrics').read().decode()"
+        ".splitlines():\n"
+        "    if line.startswith('leader_election_master_status{'):\n"
+        "        print(line)",
+    )
+
+
+def test_the_chart_installs_and_runs_the_operator_in_the_cluster(installed: Cluster) -> None:
+    pods = operator_pods(installed)
+    assert len(pods) == 2  # one node: the anti-affinity is a preference only
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        assert pod["spec"]["serviceAccountName"] == "toka-operator"
+        assert pod["spec"]["containers"][0]["image"] == installed.images.toka
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"])  # standbys too
+    leader = leader_pod(installed)
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        expected = "1.0" if name == leader else "0.0"
+        assert leader_status(installed, name) == (
+            f'leader_election_master_status{{name="{LEASE}"}} {expected}'
+        ), name
 
 
 def test_the_node_and_its_pods_have_no_route_off_this_machine(installed: Cluster) -> None:
@@ -180,7 +235,7 @@ async def test_each_container_runs_as_its_own_user_on_a_read_only_root_and_reads
     installed: Cluster, kube: AsyncKube, namespace: str
 ) -> None:
     pod = await start_held(kube, namespace, "attacker-view", secret=True)
-    token, key = f"{TOKEN_DIR}/token", f"{KEY_DIR}/api-key"
+    token, key = f"{SERVICE_ACCOUNT_DIR}/token", LLM_KEY_FILE
     read = READ
     seen: dict[str, dict[str, str]] = {}
     for container, uid in UIDS.items():
@@ -357,23 +412,23 @@ async def test_a_kernel_restarted_mid_task_comes_back_and_the_run_continues(
     assert (task["state"], task["summary"]) == ("Succeeded", "released by the test")
 
 
-async def test_deleting_the_operator_pod_mid_session_loses_nothing(
+async def test_deleting_the_leading_operator_pod_mid_session_loses_nothing(
     installed: Cluster, kube: AsyncKube, namespace: str
 ) -> None:
     pod = await start_held(kube, namespace, "operator-loss")
-    installed.kubectl(
-        "delete", "pod", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/name=toka", "--wait=true"
-    )
+    lost = leader_pod(installed)
+    installed.kubectl("delete", "pod", "-n", SYSTEM_NS, lost, "--wait=true")
     release(installed, namespace, pod)
     done = await succeeded(kube, namespace, "operator-loss")
     assert done["status"]["phase"] == "Succeeded", done["status"]
-    pods = json.loads(
-        installed.kubectl(
-            "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/name=toka", "-o", "json"
-        )
-    )["items"]
-    assert len(pods) == 1
-    assert pods[0]["status"]["phase"] == "Running"
+    assert leader_pod(installed) != lost  # the standby took over
+    installed.kubectl(
+        "rollout", "status", "deployment/toka-operator", "-n", SYSTEM_NS, "--timeout=120s"
+    )
+    pods = operator_pods(installed)
+    assert len(pods) == 2  # and the Deployment made a new standby
+    assert lost not in {p["metadata"]["name"] for p in pods}
+    assert all(p["status"]["phase"] == "Running" for p in pods)
 
 
 def test_helm_upgrade_rolls_the_operator_and_keeps_the_sessions(installed: Cluster) -> None:
@@ -382,12 +437,15 @@ def test_helm_upgrade_rolls_the_operator_and_keeps_the_sessions(installed: Clust
     assert before.strip()
     proc = installed.helm("upgrade", *installed.install_args(), "--set", "logLevel=debug")
     assert proc.returncode == 0, proc.stderr
+    installed.kubectl(
+        "rollout", "status", "deployment/toka-operator", "-n", SYSTEM_NS, "--timeout=120s"
+    )
     deployment = json.loads(
         installed.kubectl("get", "deployment", "-n", SYSTEM_NS, "toka-operator", "-o", "json")
     )
     # logLevel=debug is the operator's --verbose.
     assert "--verbose" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert deployment["status"].get("readyReplicas") == 1
+    assert deployment["status"].get("readyReplicas") == 2
     assert installed.kubectl("get", "agentsessions", "-n", SYSTEM_NS, "-o", "name") == before
 
 

@@ -520,8 +520,15 @@ async def test_the_operator_runs_as_an_exec_plugin_context_and_logs_in_again_aft
             kube, AGENTS, agent_object_name("after", "a"), namespace, lambda _: True, what="created"
         )
         assert proc.poll() is None
-        after = await kube.get(SESSIONS, "after", namespace)
-        assert "toka.dev/finalizer" in after["metadata"].get("finalizers", [])  # Kopf's own write
+        # Written after the 401 too: the session's status (Kopf watches, Toka writes).
+        await wait_for(
+            kube,
+            SESSIONS,
+            "after",
+            namespace,
+            lambda s: bool((s.get("status") or {}).get("phase")),
+            what="a status",
+        )
         log = operator_log.read_text(errors="replace")
         assert "Re-authentication has finished" in log
         assert "Ran out of valid credentials" not in log

@@ -24,7 +24,7 @@ from tests.conftest import NodeAgentProcess, OperatorProcess
 from tests.helpers import phase_is, wait_for
 from tests.mcp_servers import McpTestServer
 from tests.sessions import Recorder, agent, call, finish, put_recordings, recording, session
-from toka.controller.builders.pod import MCP_DIR
+from toka.contract import MCP_DIR
 from toka.devcluster.nodeagent import pod_loopback
 from toka.kube.client import AGENTS, PODS, SECRETS, SESSIONS, AsyncKube
 

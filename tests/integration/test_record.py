@@ -175,7 +175,7 @@ async def test_a_new_attempts_kernel_keeps_the_turns_an_earlier_pod_recorded(
 async def test_record_mode_turned_on_after_the_first_pod_is_recorded_and_a_refusal_is_quick(
     kube: AsyncKube, namespace: str, tmp_path: Path
 ) -> None:
-    from toka.controller.runtime import OperatorConfig, Runtime
+    from toka.controller.reconciler import Kind, OperatorConfig, Reconciler
     from toka.kernel.recording import RecordingWriter
     from toka.llm.providers.replay import RecordedResponse, Recording, Turn
     from toka.llm.sanitize import Redactor
@@ -193,12 +193,17 @@ async def test_record_mode_turned_on_after_the_first_pod_is_recorded_and_a_refus
     }
     # The operator makes the Agent's identity (ServiceAccount, Role, RoleBinding) with its
     # first pod, before record mode is on ...
-    runtime = Runtime(kube, OperatorConfig())
-    await runtime.reconcile_agent(await kube.create(AGENTS, body, namespace), lambda _: [])
+    reconciler = Reconciler(kube, OperatorConfig())
+    key = (Kind.AGENT, namespace, "s-scout")
+    reconciler.observe(Kind.AGENT, None, await kube.create(AGENTS, body, namespace))
+    await reconciler.reconcile(key)
+    pod = await kube.get(PODS, "s-scout-1", namespace)
     await kube.delete(PODS, "s-scout-1", namespace)
+    reconciler.observe_pod("DELETED", pod)
     # ... and the next pod is made with it on.
     on = await kube.patch(AGENTS, "s-scout", {"spec": {"llm": {"record": True}}}, namespace)
-    await runtime.reconcile_agent(on, lambda _: [])
+    reconciler.observe(Kind.AGENT, "MODIFIED", on)
+    await reconciler.reconcile(key)
     await kube.get(CONFIGMAPS, "s-scout.recording", namespace)
 
     token = await service_account_token(kube, namespace, "s-scout", seconds=600)

@@ -1,4 +1,4 @@
-"""Security rules of DESIGN §4, proven against the real API server.
+"""Security rules of docs/architecture.md (Security model), proven against the real API server.
 
 The kernel's identity is the Agent's own ServiceAccount, with a token from
 TokenRequest as the projected volume gives it; the admission policies check
@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import NodeAgentProcess, OperatorProcess
 from tests.helpers import phase_is, service_account_token, wait_for
 from tests.sessions import call, finish, put_recordings, recording
-from toka.controller.builders.pod import KEY_DIR, MCP_DIR, TOKEN_DIR, WORKSPACE
+from toka.contract import LLM_KEY_DIR, LLM_KEY_FILE, MCP_DIR, SERVICE_ACCOUNT_DIR, WORKSPACE
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import (
     AGENTS,
@@ -155,8 +155,8 @@ async def test_the_agent_pod_keeps_token_key_and_workspace_where_they_belong(
 
     assert holds_token("kernel")
     assert holds_key("kernel")
-    assert TOKEN_DIR in mounts("kernel")
-    assert KEY_DIR in mounts("kernel")
+    assert SERVICE_ACCOUNT_DIR in mounts("kernel")
+    assert LLM_KEY_DIR in mounts("kernel")
     assert volumes[mounts("kernel")[f"{MCP_DIR}/docs"]]["secret"]["secretName"] == "docs-token"
     assert WORKSPACE not in mounts("kernel")
     assert not holds_token("tools")
@@ -314,7 +314,7 @@ async def test_a_program_run_through_shell_exec_cannot_read_the_key_or_the_token
     # What a program in `tools` could try: the kernel's paths, its own environment,
     # other processes' environments, and a search of where secrets usually lie.
     snoop = (
-        f"cat {TOKEN_DIR}/token {KEY_DIR}/api-key; env; "
+        f"cat {SERVICE_ACCOUNT_DIR}/token {LLM_KEY_FILE}; env; "
         "cat /proc/[0-9]*/environ | tr '\\0' '\\n'; "
         f"timeout 30 grep -rIl -e {key} /run /var /etc /dev/shm /tmp; "
         "ls -la /var/run/secrets /run/toka"

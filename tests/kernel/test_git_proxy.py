@@ -17,10 +17,11 @@ import pytest
 
 from tests.gitserver import PASSWORD, USER, GitServer, git_server
 from tests.kernel.stack import Stack, kernel_stack
+from toka.contract import GIT_TOKEN_HEADER
 from toka.kernel.reporter import Reporter
 from toka.kernel.results import Remote, Results, read_credentials
 from toka.tools import gitws
-from toka.tools.ops import GIT_TOKEN_HEADER, prepare_workspace
+from toka.tools.ops import prepare_workspace
 
 TOKEN = "pod-local-token-for-tests"
 PREFIX = "refs/heads/toka/s/"

@@ -8,11 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from toka.api.models import Agent
 from toka.cli import build_parser
-from toka.controller.builders.pod import ENTRYPOINT, PodConfig, build_agent_pod
+from toka.contract import ENTRYPOINT
+from toka.controller.builders.pod import PodConfig, build_agent_pod
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
+AGENT = Agent.model_validate(
+    {
+        "apiVersion": "toka.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
+        "spec": {"tasks": [{"name": "t", "description": "x"}]},
+    }
+)
 
 
 def instruction(name: str) -> str:
@@ -51,13 +61,7 @@ def test_the_image_runs_as_a_non_root_user_with_toka_as_its_entrypoint() -> None
 
 
 def test_every_container_of_an_agent_pod_runs_a_toka_subcommand() -> None:
-    body = {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
-        "spec": {"tasks": [{"name": "t", "description": "x"}]},
-    }
-    pod = build_agent_pod(body, 1, PodConfig())
+    pod = build_agent_pod(AGENT, 1, PodConfig())
     containers = pod["spec"]["initContainers"] + pod["spec"]["containers"]
     parser = build_parser()
     for c in containers:
@@ -74,14 +78,8 @@ def test_the_build_context_holds_only_what_the_image_needs() -> None:
 
 
 def test_the_operators_llm_defaults_reach_the_kernel_and_nothing_else() -> None:
-    body = {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
-        "spec": {"tasks": [{"name": "t", "description": "x"}]},
-    }
     config = PodConfig(llm_defaults=(("LLM_PROVIDER", "openai"), ("LLM_MODEL", "gpt-4o")))
-    pod = build_agent_pod(body, 1, config)
+    pod = build_agent_pod(AGENT, 1, config)
     by_name = {c["name"]: c for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]}
     kernel_env = {e["name"]: e.get("value") for e in by_name["kernel"]["env"]}
     assert (kernel_env["LLM_PROVIDER"], kernel_env["LLM_MODEL"]) == ("openai", "gpt-4o")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from toka.api.models import Agent
 from toka.controller.builders.pod import PodConfig, build_agent_pod
 from toka.controller.main import compute_llm_defaults
 
-AGENT = {
-    "apiVersion": "toka.dev/v1alpha1",
-    "kind": "Agent",
-    "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
-    "spec": {"tasks": [{"name": "t", "description": "x"}]},
-}
+AGENT = Agent.model_validate(
+    {
+        "apiVersion": "toka.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
+        "spec": {"tasks": [{"name": "t", "description": "x"}]},
+    }
+)
 
 FORWARDED = [
     # (the operator's environment, what the kernel gets)

@@ -6,25 +6,28 @@ from typing import Any
 
 import pytest
 
-from toka.api.models import AgentSession, McpServer
+from toka.api.models import Agent, AgentSession, McpServer
+from toka.contract import MCP_DIR
 from toka.controller.builders.agent import build_agent, merge_mcp_servers
-from toka.controller.builders.pod import MCP_DIR, PodConfig, build_agent_pod
+from toka.controller.builders.pod import PodConfig, build_agent_pod
 
 JSON = dict[str, Any]
 DOCS = {"name": "docs", "url": "https://docs.example/mcp", "headersSecretRef": {"name": "docs-h"}}
 WIKI = {"name": "wiki", "url": "http://wiki.mcp.svc:8080/mcp"}
 
 
-def agent_body(servers: list[JSON] | None) -> JSON:
+def an_agent(servers: list[JSON] | None) -> Agent:
     spec: JSON = {"tasks": [{"name": "t", "description": "x"}]}
     if servers is not None:
         spec["mcpServers"] = servers
-    return {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "ag", "namespace": "ns", "uid": "ag-uid"},
-        "spec": spec,
-    }
+    return Agent.model_validate(
+        {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "ag", "namespace": "ns", "uid": "ag-uid"},
+            "spec": spec,
+        }
+    )
 
 
 def containers(pod: JSON) -> dict[str, JSON]:
@@ -46,7 +49,7 @@ def env(pod: JSON, container: str) -> dict[str, str]:
 
 
 def test_each_servers_headers_secret_is_mounted_read_only_into_the_kernel_alone() -> None:
-    pod = build_agent_pod(agent_body([DOCS, WIKI]), 1, PodConfig())
+    pod = build_agent_pod(an_agent([DOCS, WIKI]), 1, PodConfig())
     assert secret_mounts(pod, "kernel") == {f"{MCP_DIR}/docs": "docs-h"}
     assert secret_mounts(pod, "tools") == {}
     assert secret_mounts(pod, "agent") == {}
@@ -57,14 +60,14 @@ def test_each_servers_headers_secret_is_mounted_read_only_into_the_kernel_alone(
 
 
 def test_the_kernel_is_told_where_the_headers_are_and_no_other_container_is() -> None:
-    pod = build_agent_pod(agent_body([WIKI]), 1, PodConfig())
+    pod = build_agent_pod(an_agent([WIKI]), 1, PodConfig())
     assert env(pod, "kernel")["TOKA_MCP_DIR"] == MCP_DIR
     assert "TOKA_MCP_DIR" not in env(pod, "tools")
     assert "TOKA_MCP_DIR" not in env(pod, "agent")
 
 
 def test_an_agent_without_mcp_servers_gets_no_mcp_directory() -> None:
-    pod = build_agent_pod(agent_body(None), 1, PodConfig())
+    pod = build_agent_pod(an_agent(None), 1, PodConfig())
     assert "TOKA_MCP_DIR" not in env(pod, "kernel")
     assert not any(v["name"].startswith("mcp-") for v in pod["spec"]["volumes"])
 
@@ -72,7 +75,7 @@ def test_an_agent_without_mcp_servers_gets_no_mcp_directory() -> None:
 def test_a_server_name_of_63_characters_still_makes_a_valid_volume_name() -> None:
     long = {**DOCS, "name": "d" * 63}
     pod = build_agent_pod(
-        agent_body([long, {**DOCS, "headersSecretRef": {"name": "other"}}]), 1, PodConfig()
+        an_agent([long, {**DOCS, "headersSecretRef": {"name": "other"}}]), 1, PodConfig()
     )
     names = [v["name"] for v in pod["spec"]["volumes"]]
     assert all(len(n) <= 63 for n in names)
@@ -117,7 +120,7 @@ def test_a_session_agent_gets_the_sessions_servers_and_its_own(
         "spec": spec,
     }
     session = AgentSession.model_validate(body)
-    agent = build_agent(body, session.spec.agents[0], [])
+    agent = build_agent(session, session.spec.agents[0], [])
     servers = agent["spec"].get("mcpServers")
     assert (None if servers is None else [(s["name"], s["url"]) for s in servers]) == expected
 

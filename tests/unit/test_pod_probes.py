@@ -10,21 +10,25 @@ from typing import Any
 
 import pytest
 
+from toka.api.models import Agent
 from toka.cli import build_parser
-from toka.controller.builders.pod import ENTRYPOINT, PodConfig, build_agent_pod
+from toka.contract import ENTRYPOINT
+from toka.controller.builders.pod import PodConfig, build_agent_pod
 from toka.kernel.probe import TIMEOUT_SECONDS
 
 JSON = dict[str, Any]
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
-def agent_body(**spec: Any) -> JSON:
-    return {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
-        "spec": {"tasks": [{"name": "t", "description": "x"}], **spec},
-    }
+def an_agent(**spec: Any) -> Agent:
+    return Agent.model_validate(
+        {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
+            "spec": {"tasks": [{"name": "t", "description": "x"}], **spec},
+        }
+    )
 
 
 def containers(pod: JSON) -> list[JSON]:
@@ -44,19 +48,19 @@ def loopback_ports(pod: JSON) -> set[int]:
 
 
 @pytest.mark.parametrize(
-    "body",
+    "agent",
     [
-        agent_body(),
-        agent_body(workspace={"persistentVolumeClaim": {"claimName": "shared"}}),
-        agent_body(mcpServers=[{"name": "docs", "url": "https://docs.example/mcp"}]),
+        an_agent(),
+        an_agent(workspace={"persistentVolumeClaim": {"claimName": "shared"}}),
+        an_agent(mcpServers=[{"name": "docs", "url": "https://docs.example/mcp"}]),
     ],
     ids=["plain", "shared-workspace", "mcp"],
 )
 @pytest.mark.parametrize("kernel_port", [8181, 9999])
 def test_no_container_is_probed_over_the_network_on_a_port_that_listens_on_loopback_only(
-    body: JSON, kernel_port: int
+    agent: Agent, kernel_port: int
 ) -> None:
-    pod = build_agent_pod(body, 1, PodConfig(kernel_port=kernel_port))
+    pod = build_agent_pod(agent, 1, PodConfig(kernel_port=kernel_port))
     loopback = loopback_ports(pod)
     assert kernel_port in loopback
     for c in containers(pod):
@@ -68,7 +72,7 @@ def test_no_container_is_probed_over_the_network_on_a_port_that_listens_on_loopb
 
 
 def test_the_kernel_is_probed_by_running_toka_kernel_probe_in_its_container() -> None:
-    pod = build_agent_pod(agent_body(), 1, PodConfig())
+    pod = build_agent_pod(an_agent(), 1, PodConfig())
     kernel = next(c for c in containers(pod) if c["name"] == "kernel")
     probe = kernel["startupProbe"]
     assert set(probe) & {"httpGet", "tcpSocket", "grpc"} == set()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from toka.api.models import Agent, McpServer, McpServerStatus
+from toka.api.models import Agent, AgentSession, McpServer, McpServerStatus
 from toka.controller.reconcile.agent import compute_agent_plan, mcp_servers_readiness
 from toka.controller.reconcile.dag import dependents, find_cycle
 from toka.controller.reconcile.session import compute_session_plan
@@ -16,14 +16,16 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 JSON = dict[str, Any]
 
 
-def session(agents: list[JSON], status: JSON | None = None, **spec: Any) -> JSON:
-    return {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "AgentSession",
-        "metadata": {"name": "s", "namespace": "ns", "uid": "s-uid", "generation": 1},
-        "spec": {"agents": agents, **spec},
-        **({"status": status} if status else {}),
-    }
+def session(agents: list[JSON], status: JSON | None = None, **spec: Any) -> AgentSession:
+    return AgentSession.model_validate(
+        {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "AgentSession",
+            "metadata": {"name": "s", "namespace": "ns", "uid": "s-uid", "generation": 1},
+            "spec": {"agents": agents, **spec},
+            **({"status": status} if status else {}),
+        }
+    )
 
 
 def tmpl(name: str, deps: list[str] | None = None, priority: int = 0) -> JSON:
@@ -265,14 +267,16 @@ def test_a_finished_sessions_pods_go_after_its_ttl() -> None:
 # --- agents ------------------------------------------------------------------------
 
 
-def agent_body(status: JSON | None = None, **spec: Any) -> JSON:
-    return {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "ag", "namespace": "ns", "uid": "ag-uid", "generation": 3},
-        "spec": {"tasks": [{"name": "t", "description": "x"}], "backoffLimit": 1, **spec},
-        **({"status": status} if status else {}),
-    }
+def an_agent(status: JSON | None = None, **spec: Any) -> Agent:
+    return Agent.model_validate(
+        {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "ag", "namespace": "ns", "uid": "ag-uid", "generation": 3},
+            "spec": {"tasks": [{"name": "t", "description": "x"}], "backoffLimit": 1, **spec},
+            **({"status": status} if status else {}),
+        }
+    )
 
 
 def pod(
@@ -329,7 +333,7 @@ AGENT_CASES = [
 def test_attempts_and_phases(
     case: str, pods: list[JSON], extra: JSON, attempt: int | None, phase: str
 ) -> None:
-    plan = compute_agent_plan(agent_body(extra.get("status")), pods, NOW)
+    plan = compute_agent_plan(an_agent(extra.get("status")), pods, NOW)
     assert plan.create_attempt == attempt
     assert plan.status.phase is not None
     assert plan.status.phase.value == phase
@@ -369,7 +373,7 @@ def test_attempts_and_phases(
     ],
 )
 def test_a_final_failure_says_why(failed_pod: JSON, reason: str, words: str) -> None:
-    plan = compute_agent_plan(agent_body(), [pod(1, "Failed"), failed_pod], NOW)
+    plan = compute_agent_plan(an_agent(), [pod(1, "Failed"), failed_pod], NOW)
     failed = cond(plan, "Failed")
     assert failed.reason == reason
     assert words in failed.message
@@ -389,7 +393,7 @@ def test_an_image_that_cannot_be_pulled_is_named() -> None:
         ],
     )
     stuck["spec"]["containers"][0]["image"] = "example.com/x:1"
-    plan = compute_agent_plan(agent_body(), [stuck], NOW)
+    plan = compute_agent_plan(an_agent(), [stuck], NOW)
     kernel = cond(plan, "KernelReady")
     assert kernel.reason == "ImagePullBackOff"
     assert "example.com/x:1" in kernel.message
@@ -398,14 +402,14 @@ def test_an_image_that_cannot_be_pulled_is_named() -> None:
 
 def test_a_missing_reference_blocks_the_pod_and_names_it() -> None:
     plan = compute_agent_plan(
-        agent_body(), [], NOW, missing=("SecretNotFound", "Secret 'k' not found")
+        an_agent(), [], NOW, missing=("SecretNotFound", "Secret 'k' not found")
     )
     assert plan.create_attempt is None
     assert cond(plan, "PodScheduled").reason == "SecretNotFound"
 
 
 def test_suspend_deletes_the_running_pod() -> None:
-    plan = compute_agent_plan(agent_body(suspend=True), [pod(1, "Running")], NOW)
+    plan = compute_agent_plan(an_agent(suspend=True), [pod(1, "Running")], NOW)
     assert plan.delete_pods == ["ag-1"]
     assert plan.status.phase is not None
     assert plan.status.phase.value == "Suspended"
@@ -422,12 +426,11 @@ def test_a_silent_kernel_is_stalled() -> None:
     ]
     beat = {"run": {"lastHeartbeatTime": (NOW - timedelta(minutes=5)).isoformat()}}
     assert (
-        cond(compute_agent_plan(agent_body(beat), [running], NOW), "Stalled").status.value == "True"
+        cond(compute_agent_plan(an_agent(beat), [running], NOW), "Stalled").status.value == "True"
     )
     fresh = {"run": {"lastHeartbeatTime": (NOW - timedelta(seconds=5)).isoformat()}}
     assert (
-        cond(compute_agent_plan(agent_body(fresh), [running], NOW), "Stalled").status.value
-        == "False"
+        cond(compute_agent_plan(an_agent(fresh), [running], NOW), "Stalled").status.value == "False"
     )
 
 
@@ -523,24 +526,25 @@ def running_with_kernel() -> JSON:
 
 def test_an_unreachable_mcp_server_sets_the_condition_and_warns_once() -> None:
     run = {"run": {"mcpServers": [mcp("docs", False, "Unreachable", message="timed out")]}}
-    body = agent_body(run, mcpServers=SERVERS[:1])
-    plan = compute_agent_plan(body, [running_with_kernel()], NOW)
+    plan = compute_agent_plan(an_agent(run, mcpServers=SERVERS[:1]), [running_with_kernel()], NOW)
     ready = cond(plan, "McpServersReady")
     assert (ready.status.value, ready.reason) == ("False", "Unreachable")
     assert ("Warning", "Unreachable", "MCP server docs: timed out") in plan.events
-    body["status"]["conditions"] = [c.wire() for c in plan.status.conditions or []]
-    again = compute_agent_plan(body, [running_with_kernel()], NOW)
+    reported = {**run, "conditions": [c.wire() for c in plan.status.conditions or []]}
+    again = compute_agent_plan(
+        an_agent(reported, mcpServers=SERVERS[:1]), [running_with_kernel()], NOW
+    )
     assert not [e for e in again.events if e[1] == "Unreachable"]
 
 
 def test_an_agent_without_mcp_servers_has_no_mcp_condition() -> None:
-    plan = compute_agent_plan(agent_body(), [running_with_kernel()], NOW)
+    plan = compute_agent_plan(an_agent(), [running_with_kernel()], NOW)
     assert all(c.type != "McpServersReady" for c in plan.status.conditions or [])
 
 
 def test_the_operator_never_writes_the_kernels_run() -> None:
     status = {"run": {"progress": "1/1"}, "phase": "Running"}
-    plan = compute_agent_plan(agent_body(status), [pod(1, "Running")], NOW)
+    plan = compute_agent_plan(an_agent(status), [pod(1, "Running")], NOW)
     assert "run" not in plan.status.merge_patch(exclude=frozenset({"run"}))
 
 
@@ -613,7 +617,7 @@ def failed_workspace(reason: str) -> JSON:
 def test_a_workspace_failure_ends_or_retries_the_agent(
     reason: str, pod_phase: str, outcome: str
 ) -> None:
-    plan = compute_agent_plan(agent_body(failed_workspace(reason)), [pod(1, pod_phase)], NOW)
+    plan = compute_agent_plan(an_agent(failed_workspace(reason)), [pod(1, pod_phase)], NOW)
     assert plan.status.phase == outcome
     if outcome == "Failed":
         failed = next(c for c in plan.status.conditions or [] if c.type == "Failed")
@@ -622,3 +626,82 @@ def test_a_workspace_failure_ends_or_retries_the_agent(
         assert plan.create_attempt is None
     else:
         assert plan.create_attempt == 2
+
+
+# Conditions an earlier reconcile wrote, about a pod and kernel that ran then.
+SEEN_RUNNING = [
+    {"type": t, "status": s, "reason": r, "lastTransitionTime": "2026-11-23T11:00:00Z"}
+    for t, s, r in [
+        ("Stalled", "True", "NoHeartbeat"),
+        ("KernelReady", "True", "KernelStarted"),
+        ("McpServersReady", "False", "Unreachable"),
+    ]
+]
+STALE = [
+    # (case, phase before, suspend, pods, each condition's status now; None: removed)
+    (
+        "its kernel reports again",
+        "Running",
+        False,
+        [running_with_kernel()],
+        {"Stalled": "False", "KernelReady": "True", "McpServersReady": "False"},
+    ),
+    (
+        "its kernel restarts",
+        "Running",
+        False,
+        [pod(1, "Running")],
+        {"Stalled": None, "KernelReady": "False", "McpServersReady": "False"},
+    ),
+    (
+        "its pod failed and the next attempt starts",
+        "Running",
+        False,
+        [pod(1, "Failed")],
+        {"Stalled": None},
+    ),
+    (
+        "it succeeded",
+        "Running",
+        False,
+        [pod(1, "Succeeded")],
+        {"Stalled": None, "KernelReady": None, "McpServersReady": None},
+    ),
+    (
+        "it failed",
+        "Running",
+        False,
+        [pod(1, "Failed"), pod(2, "Failed")],
+        {"Stalled": None, "KernelReady": None, "McpServersReady": None},
+    ),
+    (
+        "it had finished before",
+        "Succeeded",
+        False,
+        [],
+        {"Stalled": None, "KernelReady": None, "McpServersReady": None},
+    ),
+    (
+        "it is suspended",
+        "Running",
+        True,
+        [pod(1, "Running")],
+        {"Stalled": None, "KernelReady": None, "McpServersReady": None},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "phase", "suspend", "pods", "expected"), STALE, ids=[s[0] for s in STALE]
+)
+def test_conditions_that_no_longer_apply_are_removed(
+    case: str, phase: str, suspend: bool, pods: list[JSON], expected: dict[str, str | None]
+) -> None:
+    run = {
+        "lastHeartbeatTime": NOW.isoformat(),
+        "mcpServers": [mcp("docs", False, "Unreachable", message="timed out")],
+    }
+    status = {"phase": phase, "conditions": SEEN_RUNNING, "run": run}
+    plan = compute_agent_plan(an_agent(status, suspend=suspend, mcpServers=SERVERS[:1]), pods, NOW)
+    now = {c.type: c.status.value for c in plan.status.conditions or []}
+    assert {t: now.get(t) for t in expected} == expected

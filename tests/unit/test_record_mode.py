@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.sessions import agent, session
+from toka.api.models import Agent
 from toka.console.record import RecordError, compute_record_session, compute_recordings_configmap
 from toka.controller.builders.pod import PodConfig, build_agent_pod, build_role
 from toka.kernel import recording as recording_module
@@ -20,16 +21,18 @@ from toka.llm.providers.replay import Recording
 JSON = dict[str, Any]
 
 
-def agent_body(llm: JSON | None) -> JSON:
+def an_agent(llm: JSON | None) -> Agent:
     spec: JSON = {"name": "scout", "tasks": [{"name": "t", "description": "x"}]}
     if llm is not None:
         spec["llm"] = llm
-    return {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "s-scout", "namespace": "ns", "uid": "u"},
-        "spec": spec,
-    }
+    return Agent.model_validate(
+        {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "s-scout", "namespace": "ns", "uid": "u"},
+            "spec": spec,
+        }
+    )
 
 
 RECORDING = [
@@ -45,11 +48,11 @@ RECORDING = [
 def test_a_recording_agents_kernel_gets_its_configmap_and_may_write_only_that_one_more(
     llm: JSON | None, records: bool
 ) -> None:
-    body = agent_body(llm)
-    pod = build_agent_pod(body, 1, PodConfig())
+    recording = an_agent(llm)
+    pod = build_agent_pod(recording, 1, PodConfig())
     kernel = next(c for c in pod["spec"]["initContainers"] if c["name"] == "kernel")
     env = {e["name"]: e.get("value") for e in kernel["env"]}
-    configmaps = next(r for r in build_role(body)["rules"] if r["resources"] == ["configmaps"])
+    configmaps = next(r for r in build_role(recording)["rules"] if r["resources"] == ["configmaps"])
     # Both names whether or not it records: the Role is made once, and `llm.record` may
     # be turned on after the first pod.
     assert configmaps["resourceNames"] == ["s-scout.result", "s-scout.recording"]

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from toka.api.models import Agent
 from toka.controller.builders.pod import PodConfig, build_agent_pod
 from toka.devcluster.binaries import pinned_replaces
 from toka.tracing import (
@@ -131,14 +132,19 @@ def test_an_endpoint_with_a_path_and_port_is_passed_on() -> None:
 
 
 def test_the_kernel_alone_gets_the_tracing_settings() -> None:
-    body = {
-        "apiVersion": "toka.dev/v1alpha1",
-        "kind": "Agent",
-        "metadata": {"name": "a", "namespace": "ns", "uid": UID},
-        "spec": {"capabilities": ["llm:complete"], "tasks": [{"name": "t", "description": "x"}]},
-    }
+    agent = Agent.model_validate(
+        {
+            "apiVersion": "toka.dev/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "a", "namespace": "ns", "uid": UID},
+            "spec": {
+                "capabilities": ["llm:complete"],
+                "tasks": [{"name": "t", "description": "x"}],
+            },
+        }
+    )
     config = PodConfig(tracing_env=(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),))
-    pod = build_agent_pod(body, 1, config)
+    pod = build_agent_pod(agent, 1, config)
     containers = pod["spec"]["initContainers"] + pod["spec"]["containers"]
     with_endpoint = {
         c["name"]

@@ -4,6 +4,20 @@
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The operator's pods, and nothing else of the release (not `helm test`'s pod): what its
+  metrics Service, PodDisruptionBudget and anti-affinity select. */}}
+{{- define "toka.operatorSelector" -}}
+app.kubernetes.io/name: toka
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* A duration as the operator's flags take it (15s, 500ms, 1m), in seconds. */}}
+{{- define "toka.seconds" -}}
+{{- $unit := regexFind "(ms|s|m|h)$" . -}}
+{{- mulf (trimSuffix $unit . | float64) (get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit) -}}
+{{- end -}}
+
 {{- define "toka.labels" -}}
 app.kubernetes.io/name: toka
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -14,8 +28,8 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 
 {{/* Rules the operator needs in each namespace it serves; a comment names the code that needs each. */}}
 {{- define "toka.namespacedRules" -}}
-# Kopf watches sessions and runs a daemon per session; the daemon's finalizer and
-# Kopf's progress annotations are patches.
+# Kopf watches sessions (its event handlers write nothing to them). The one patch removes
+# the toka.dev/finalizer an older Toka left (this one sets none), at the next reconcile.
 - apiGroups: [toka.dev]
   resources: [agentsessions]
   verbs: [get, list, watch, patch]
@@ -24,7 +38,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
   resources: [agentsessions/status]
   verbs: [get, patch]
 # A session creates its Agents and toggles their spec.suspend; spawn requests create
-# child Agents; Kopf watches Agents and patches its finalizer onto them.
+# child Agents; Kopf watches Agents; the leader removes an older Toka's finalizer.
 - apiGroups: [toka.dev]
   resources: [agents]
   verbs: [get, list, watch, create, patch]
@@ -34,8 +48,9 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 - apiGroups: [toka.dev]
   resources: [agents/status]
   verbs: [get, patch]
-# Agent pods: created per attempt, deleted on suspend, FailFast, deadline and TTL;
-# Kopf's pod index watches them (label toka.dev/agent).
+# Agent pods: created per attempt, deleted on suspend, FailFast, deadline and TTL
+# (listed by session label then); Kopf watches them, label toka.dev/agent selected by
+# the API server.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete]

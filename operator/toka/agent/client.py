@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from toka.contract import KERNEL_READY_PATH
+
 JSON = dict[str, Any]
 
 
@@ -56,7 +58,7 @@ class KernelClient:
         deadline = loop.time() + timeout
         while True:
             try:
-                if (await self.http.get("/readyz")).status_code == 200:
+                if (await self.http.get(KERNEL_READY_PATH)).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

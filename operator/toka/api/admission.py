@@ -15,6 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from toka.contract import (
+    AGENT_KIND,
+    AGENT_PLURAL,
+    API_GROUP,
+    API_VERSION,
+    SESSION_KIND,
+    SESSION_PLURAL,
+)
+
 PARAM_NAMESPACE = "toka-system"
 PARAM_NAME = "toka-admission"
 
@@ -42,8 +51,8 @@ def _match(plural: str) -> dict[str, Any]:
     return {
         "resourceRules": [
             {
-                "apiGroups": ["toka.dev"],
-                "apiVersions": ["v1alpha1"],
+                "apiGroups": [API_GROUP],
+                "apiVersions": [API_VERSION],
                 "operations": ["CREATE", "UPDATE"],
                 "resources": [plural],
             }
@@ -69,7 +78,7 @@ def _names(kind: str) -> tuple[str, str, str, str]:
         " + (has(object.spec.mcpServers) ? object.spec.mcpServers.filter(s, "
         "has(s.headersSecretRef)).map(s, s.headersSecretRef.name) : [])"
     )
-    if kind == "AgentSession":
+    if kind == SESSION_KIND:
         secrets = (
             f"({top['secrets']}) + object.spec.agents.filter(a, has(a.llm) && "
             "has(a.llm.apiKeySecretRef)).map(a, a.llm.apiKeySecretRef.name)"
@@ -109,7 +118,7 @@ def _references_policy(kind: str, plural: str) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": f"{plural}-references.toka.dev"},
+        "metadata": {"name": f"{plural}-references.{API_GROUP}"},
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": _match(plural),
@@ -164,7 +173,7 @@ def _restrictions_policy(kind: str, plural: str) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": f"{plural}-restrictions.toka.dev"},
+        "metadata": {"name": f"{plural}-restrictions.{API_GROUP}"},
         "spec": {
             "failurePolicy": "Fail",
             "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
@@ -225,7 +234,7 @@ def _binding(policy: dict[str, Any]) -> dict[str, Any]:
 
 def admission_manifests() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for kind, plural in (("AgentSession", "agentsessions"), ("Agent", "agents")):
+    for kind, plural in ((SESSION_KIND, SESSION_PLURAL), (AGENT_KIND, AGENT_PLURAL)):
         for policy in (_references_policy(kind, plural), _restrictions_policy(kind, plural)):
             out += [policy, _binding(policy)]
     return out

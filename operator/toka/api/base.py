@@ -13,11 +13,12 @@ from typing import Any
 from pydantic import AliasGenerator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-API_GROUP = "toka.dev"
-API_VERSION = "v1alpha1"
-GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+# The API's group and version, spelled once in the contract every side shares.
+from toka.contract import API_GROUP as API_GROUP
+from toka.contract import API_VERSION as API_VERSION
+from toka.contract import GROUP_VERSION as GROUP_VERSION
 
-# Bounds from DESIGN §2: they keep CEL within the API server's cost budget.
+# Bounds (docs/architecture.md, The API): they keep CEL within the API server's cost budget.
 MAX_AGENTS = 128
 MAX_TASKS = 100
 MAX_DEPENDS_ON = 32

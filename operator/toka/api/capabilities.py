@@ -1,9 +1,10 @@
-"""The capability grammar of DESIGN §3: parse, match, narrow — default deny.
+"""The capability grammar: parse, match, narrow — default deny.
 
 One module owns the grammar so that the CRD's `pattern` (generated from
 `CAPABILITY_PATTERN`), the kernel's checks and the operator's spawn narrowing
 can never disagree. Everything here is pure and allocation-light: the kernel
-calls `Grant.permits` on every request.
+calls `Grant.permits` on every request. The design: docs/architecture.md,
+Capabilities.
 
 Grammar: `domain:action[:scope]`
 

@@ -8,7 +8,8 @@ Reasons are CamelCase words, documented in the README's troubleshooting table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -73,13 +74,30 @@ def make_condition(
     )
 
 
+@dataclass(frozen=True)
+class ConditionStamp:
+    """When a status writer observed, and which spec generation: stamped on each condition
+    it computes in one pass."""
+
+    now: datetime
+    generation: int | None = None
+
+    def make(
+        self, type_: str, status: bool | ConditionStatus, reason: str, message: str = ""
+    ) -> Condition:
+        return make_condition(
+            type_, status, reason, message, now=self.now, generation=self.generation
+        )
+
+
 def merge_conditions(
     previous: Iterable[Condition] | None, current: Iterable[Condition]
 ) -> list[Condition]:
     """The new full list: `current`, keeping old transition times where status is unchanged.
 
     Types present before but not computed now are kept as they were, so one
-    writer can compute a subset without erasing the rest.
+    writer can compute a subset without erasing the rest; `drop_conditions` first
+    removes those that no longer apply.
     """
     old = {c.type: c for c in previous or ()}
     out: dict[str, Condition] = dict(old)
@@ -89,6 +107,14 @@ def merge_conditions(
             cond = cond.model_copy(update={"last_transition_time": before.last_transition_time})
         out[cond.type] = cond
     return list(out.values())
+
+
+def drop_conditions(
+    conditions: Iterable[Condition] | None, types: Collection[str]
+) -> list[Condition]:
+    """`conditions` but those of `types`: for conditions that no longer apply, which
+    `merge_conditions` would otherwise keep as they were."""
+    return [c for c in conditions or () if c.type not in types]
 
 
 def find_condition(conditions: Iterable[Condition] | None, type_: str) -> Condition | None:

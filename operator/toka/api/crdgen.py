@@ -14,8 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from toka.api.base import API_GROUP, API_VERSION, DNS_LABEL_PATTERN, MAX_NAME
+from toka.api.base import DNS_LABEL_PATTERN, MAX_NAME
 from toka.api.models import AgentSessionSpec, AgentSessionStatus, AgentSpec, AgentStatus
+from toka.contract import (
+    AGENT_KIND,
+    AGENT_PLURAL,
+    API_GROUP,
+    API_VERSION,
+    GROUP_VERSION,
+    SESSION_KIND,
+    SESSION_PLURAL,
+)
 
 _PASSTHROUGH = {
     "type",
@@ -128,7 +137,7 @@ def _crd(
         "description": description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "API version: toka.dev/v1alpha1."},
+            "apiVersion": {"type": "string", "description": f"API version: {GROUP_VERSION}."},
             "kind": {"type": "string", "description": f"Kind: {kind}."},
             "metadata": {"type": "object"},
             "spec": {"description": "Desired state.", **structural_schema(spec)},
@@ -170,8 +179,8 @@ def _crd(
 
 def agent_session_crd() -> dict[str, Any]:
     return _crd(
-        kind="AgentSession",
-        plural="agentsessions",
+        kind=SESSION_KIND,
+        plural=SESSION_PLURAL,
         short="asess",
         spec=AgentSessionSpec,
         status=AgentSessionStatus,
@@ -193,8 +202,8 @@ def agent_session_crd() -> dict[str, Any]:
 
 def agent_crd() -> dict[str, Any]:
     return _crd(
-        kind="Agent",
-        plural="agents",
+        kind=AGENT_KIND,
+        plural=AGENT_PLURAL,
         short="ag",
         spec=AgentSpec,
         status=AgentStatus,

@@ -37,6 +37,13 @@ from toka.api.capabilities import (
     TOOL_NAME_PATTERN,
 )
 from toka.api.conditions import Condition
+from toka.contract import (
+    AGENT_KIND,
+    GROUP_VERSION,
+    MAX_FOLLOW_UPS,
+    MAX_SPAWN_REQUESTS,
+    SESSION_KIND,
+)
 
 DnsLabel = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=DNS_LABEL_PATTERN)
@@ -1001,7 +1008,7 @@ class RunStatus(KubeModel):
     )
     tasks: list[TaskStatus] | None = Field(
         default=None,
-        max_length=MAX_TASKS + 16,
+        max_length=MAX_TASKS + MAX_FOLLOW_UPS,
         description="Each task's state, attempts and summary.",
         json_schema_extra=k8s(list_type="map", map_keys=["name"]),
     )
@@ -1015,7 +1022,7 @@ class RunStatus(KubeModel):
     denials: Denials | None = Field(default=None, description="Capability denials.")
     spawn_requests: list[SpawnRequest] | None = Field(
         default=None,
-        max_length=8,
+        max_length=MAX_SPAWN_REQUESTS,
         description="Sub-agents the agent asked for; answered in status.spawnResults.",
         json_schema_extra=k8s(list_type="map", map_keys=["id"]),
     )
@@ -1076,7 +1083,7 @@ class AgentStatus(KubeModel):
     attempts: int | None = Field(default=None, ge=0, description="Pods started so far.")
     spawn_results: list[SpawnResult] | None = Field(
         default=None,
-        max_length=8,
+        max_length=MAX_SPAWN_REQUESTS,
         description="Answers to status.run.spawnRequests.",
         json_schema_extra=k8s(list_type="map", map_keys=["id"]),
     )
@@ -1092,7 +1099,18 @@ class AgentStatus(KubeModel):
 # --- the objects ------------------------------------------------------------------------
 
 
+class OwnerReference(KubeModel):
+    api_version: str = ""
+    kind: str = ""
+    name: str = ""
+    uid: str = ""
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
+
+
 class ObjectMeta(KubeModel):
+    """What the operator reads of an object's metadata (the rest is ignored when parsed)."""
+
     name: str | None = None
     namespace: str | None = None
     uid: str | None = None
@@ -1100,13 +1118,16 @@ class ObjectMeta(KubeModel):
     resource_version: str | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    owner_references: list[OwnerReference] | None = None
+    finalizers: list[str] | None = None
+    deletion_timestamp: str | None = None
 
 
 class AgentSession(KubeModel):
     """A set of agents with dependencies, a shared rate limit and a token budget."""
 
-    api_version: str = "toka.dev/v1alpha1"
-    kind: str = "AgentSession"
+    api_version: str = GROUP_VERSION
+    kind: str = SESSION_KIND
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: AgentSessionSpec
     status: AgentSessionStatus | None = None
@@ -1115,8 +1136,8 @@ class AgentSession(KubeModel):
 class Agent(KubeModel):
     """One LLM agent run as a Pod, with its kernel, tools and capabilities."""
 
-    api_version: str = "toka.dev/v1alpha1"
-    kind: str = "Agent"
+    api_version: str = GROUP_VERSION
+    kind: str = AGENT_KIND
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: AgentSpec
     status: AgentStatus | None = None

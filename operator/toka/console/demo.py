@@ -142,7 +142,8 @@ async def replace_session(kube: AsyncKube, session: JSON, ns: str, timeout: floa
             if loop.time() > deadline:
                 raise TimeoutError(
                     f"AgentSession {ns}/{name} of an earlier run was not deleted within "
-                    f"{timeout:.0f} s (its finalizer waits for an operator)"
+                    f"{timeout:.0f} s (a finalizer holds it; an older Toka's is removed only "
+                    "while an operator runs)"
                 )
             await asyncio.sleep(0.3)
 

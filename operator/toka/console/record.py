@@ -25,7 +25,8 @@ import yaml
 from pydantic import ValidationError
 
 from toka.api.models import AgentSession, Provider
-from toka.controller.builders.names import LABEL_SESSION, recording_configmap_name
+from toka.contract import LABEL_MANAGED_BY, LABEL_SESSION, SESSION_KIND, recording_key
+from toka.controller.builders.names import recording_configmap_name
 from toka.kube.client import AGENTS, CONFIGMAPS, SESSIONS, ApiError, AsyncKube
 from toka.kube.config import KubeConfig
 from toka.llm.providers.replay import Recording
@@ -44,7 +45,7 @@ def load_session(path: Path) -> JSON:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     except (OSError, yaml.YAMLError) as err:
         raise RecordError(f"{path}: {err}") from None
-    sessions = [d for d in docs if isinstance(d, dict) and d.get("kind") == "AgentSession"]
+    sessions = [d for d in docs if isinstance(d, dict) and d.get("kind") == SESSION_KIND]
     if len(sessions) != 1:
         raise RecordError(f"{path}: expected one AgentSession, found {len(sessions)}")
     try:
@@ -85,8 +86,8 @@ def compute_recordings_configmap(name: str, recordings: dict[str, str]) -> JSON:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "toka-record"}},
-        "data": {f"{agent}.json": text for agent, text in sorted(recordings.items())},
+        "metadata": {"name": name, "labels": {LABEL_MANAGED_BY: "toka-record"}},
+        "data": {recording_key(agent): text for agent, text in sorted(recordings.items())},
     }
 
 
@@ -132,7 +133,7 @@ def write_recordings(out: Path, recordings: dict[str, str], configmap: str) -> P
     """`<out>/<agent>.json` for each agent and `<out>/<configmap>.yaml` with them all."""
     out.mkdir(parents=True, exist_ok=True)
     for agent, text in recordings.items():
-        (out / f"{agent}.json").write_text(text)
+        (out / recording_key(agent)).write_text(text)
     manifest = out / f"{configmap}.yaml"
     text = yaml.safe_dump(compute_recordings_configmap(configmap, recordings), sort_keys=False)
     manifest.write_text(text)
@@ -177,7 +178,7 @@ async def _collect(
         except ApiError as err:
             say(f"  {short}: no recording ({err})")
             continue
-        text = (cm.get("data") or {}).get(f"{short}.json")
+        text = (cm.get("data") or {}).get(recording_key(short))
         if not text:
             say(f"  {short}: no recording (it made no LLM call)")
             continue

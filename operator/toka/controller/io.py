@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from toka.api.models import AgentSpec
 from toka.controller.builders.meta import owned_by
 from toka.kube.client import (
     CONFIGMAPS,
@@ -65,38 +66,49 @@ async def list_owned(
 
 async def patch_status(
     kube: AsyncKube, res: Resource, name: str, namespace: str, status: JSON
-) -> None:
+) -> JSON | None:
+    """The object as written; None if it is gone."""
     try:
-        await kube.patch(res, name, {"status": status}, namespace, sub="status")
+        patched: JSON = await kube.patch(res, name, {"status": status}, namespace, sub="status")
+        return patched
     except ApiError as err:
         if not err.not_found:
             raise
+        return None
 
 
-async def missing_reference(kube: AsyncKube, namespace: str, spec: JSON) -> tuple[str, str] | None:
+def compute_references(spec: AgentSpec) -> list[tuple[Resource, str, str | None, str]]:
+    """(resource, name, key or None, field) of every Secret and ConfigMap the pod mounts."""
+    refs: list[tuple[Resource, str, str | None, str]] = []
+    llm = spec.llm
+    if llm and llm.api_key_secret_ref:
+        ref = llm.api_key_secret_ref
+        refs.append((SECRETS, ref.name, ref.key, "llm.apiKeySecretRef"))
+    if llm and llm.replay:
+        ref2 = llm.replay.config_map_ref
+        refs.append((CONFIGMAPS, ref2.name, ref2.key, "llm.replay.configMapRef"))
+    workspace = spec.workspace
+    if workspace and workspace.config_map:
+        refs.append((CONFIGMAPS, workspace.config_map, None, "workspace.configMap"))
+    if workspace and workspace.git and workspace.git.credentials_secret_ref:
+        name = workspace.git.credentials_secret_ref.name
+        refs.append((SECRETS, name, None, "workspace.git.credentialsSecretRef"))
+    for server in spec.mcp_servers or ():
+        if server.headers_secret_ref:
+            field = f"mcpServers[{server.name}].headersSecretRef"
+            refs.append((SECRETS, server.headers_secret_ref.name, None, field))
+    return refs
+
+
+async def missing_reference(
+    kube: AsyncKube, namespace: str, spec: AgentSpec
+) -> tuple[str, str] | None:
     """(reason, message) for the first Secret or ConfigMap the pod needs and cannot have.
 
     Checked before a pod is created, so the Agent names the missing object
     instead of leaving a pod stuck in ContainerCreating.
     """
-    llm = spec.get("llm") or {}
-    refs: list[tuple[Resource, str, str | None, str]] = []
-    if llm.get("apiKeySecretRef"):
-        ref = llm["apiKeySecretRef"]
-        refs.append((SECRETS, ref["name"], ref["key"], "llm.apiKeySecretRef"))
-    if (llm.get("replay") or {}).get("configMapRef"):
-        ref = llm["replay"]["configMapRef"]
-        refs.append((CONFIGMAPS, ref["name"], ref.get("key"), "llm.replay.configMapRef"))
-    if (spec.get("workspace") or {}).get("configMap"):
-        refs.append((CONFIGMAPS, spec["workspace"]["configMap"], None, "workspace.configMap"))
-    git_creds = ((spec.get("workspace") or {}).get("git") or {}).get("credentialsSecretRef")
-    if git_creds:
-        refs.append((SECRETS, git_creds["name"], None, "workspace.git.credentialsSecretRef"))
-    for server in spec.get("mcpServers") or []:
-        if server.get("headersSecretRef"):
-            field = f"mcpServers[{server['name']}].headersSecretRef"
-            refs.append((SECRETS, server["headersSecretRef"]["name"], None, field))
-    for res, name, key, field in refs:
+    for res, name, key, field in compute_references(spec):
         kind = "Secret" if res is SECRETS else "ConfigMap"
         try:
             obj = await kube.get(res, name, namespace)

@@ -1,21 +1,24 @@
 """`toka operator`: the table of contents.
 
-    settings.py     Kopf settings (finalizer, storages, retries, watch filters)
-    handlers.py     Kopf handlers: thin adapters → runtime
-    runtime.py      one reconcile: read → reconcile/ (pure) → io.py (idempotent)
+    settings.py     Kopf settings (watch filters, timeouts)
+    handlers.py     Kopf event handlers: thin adapters → reconciler
+    reconciler.py   the store, a work queue and workers per kind, one reconcile
+    queue.py        the work queue (dedup, per-key serialisation, backoff)
+    leader.py       leader election on a Lease; writes fenced by leadership
     reconcile/      pure plans for sessions and agents
     builders/       pure manifests: Agent, Pod, ServiceAccount, Role, RoleBinding
     io.py           creates, deletes, status writes, Events
-    metrics.py      the operator's Prometheus metrics, from what it observes
+    metrics.py      Prometheus metrics: Toka's gauges, controller-runtime's counters
 
-One replica, `--standalone` (no peering); liveness on Kopf's probe endpoint,
+Kopf runs `--standalone` (no Kopf peering): with `--leader-elect` a Lease
+decides which replica reconciles. Liveness on Kopf's probe endpoint,
 `/metrics` on `--metrics-addr` when given.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -24,7 +27,8 @@ import kopf
 from toka import tracing
 from toka.controller import handlers  # noqa: F401  (registers the handlers)
 from toka.controller.builders.pod import PodConfig
-from toka.controller.runtime import OperatorConfig
+from toka.controller.leader import LeaderElection
+from toka.controller.reconciler import OperatorConfig
 from toka.kube.config import KubeConfig
 from toka.kube.kubeconfig import from_env
 from toka.logs import configure
@@ -43,6 +47,10 @@ LLM_DEFAULTS = (
 )
 
 
+class LeadershipLost(Exception):
+    """The Lease was lost: the operator stopped so that it writes nothing more."""
+
+
 def compute_llm_defaults(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The LLM settings of the operator's environment that every kernel gets."""
     return tuple((name, env[name]) for name in LLM_DEFAULTS if env.get(name))
@@ -53,24 +61,35 @@ def run(
     namespaces: Sequence[str] = (),
     liveness: str | None = "http://0.0.0.0:8080/healthz",
     image: str | None = None,
-    stop_flag: asyncio.Event | None = None,
+    stop_flag: threading.Event | None = None,
     verbose: bool = False,
     kube: KubeConfig | None = None,
     metrics: str | None = None,
+    leader_election: LeaderElection | None = None,
+    config: OperatorConfig | None = None,
 ) -> None:
     """Run until stopped; `kube` defaults to `from_env()`, loaded before Kopf starts so
-    a kubeconfig error is the first thing said (ConfigError)."""
+    a kubeconfig error is the first thing said (ConfigError). Raises LeadershipLost
+    when a leader lost its Lease."""
     configure(verbose=verbose)
     kube = kube or from_env()
     pod = PodConfig(
         llm_defaults=compute_llm_defaults(os.environ), tracing_env=tracing.kernel_env(os.environ)
     )
-    config = OperatorConfig(pod=replace(pod, image=image) if image else pod, metrics_addr=metrics)
+    config = replace(
+        config or OperatorConfig(),
+        pod=replace(pod, image=image) if image else pod,
+        metrics_addr=metrics,
+    )
+    stop_flag = stop_flag or threading.Event()
+    memo = kopf.Memo(config=config, kube=kube, leader_election=leader_election, stop_flag=stop_flag)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness,
-        memo=kopf.Memo(config=config, kube=kube),
+        memo=memo,
         stop_flag=stop_flag,
     )
+    if memo.get("lost_leadership"):
+        raise LeadershipLost("lost the leader election Lease: stopped")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from toka.api.models import GitSource, SessionResult, WorkspaceSpec
+from toka.contract import MAX_BUNDLE, RESULT_BUNDLE_KEY, RESULT_COMMIT_KEY, RESULT_REF_KEY
 from toka.controller.builders.meta import owner_reference
 from toka.controller.builders.names import (
     LABEL_MANAGED_BY,
@@ -87,8 +88,8 @@ async def fetch_result(
     """Bring `commit` into `repo` from the bundle in `configmap`, or from the remote ref it
     names (a result too large for a ConfigMap)."""
     cm = await kube.get(CONFIGMAPS, configmap, ns)
-    raw = (cm.get("binaryData") or {}).get("bundle")
-    ref = (cm.get("data") or {}).get("ref")
+    raw = (cm.get("binaryData") or {}).get(RESULT_BUNDLE_KEY)
+    ref = (cm.get("data") or {}).get(RESULT_REF_KEY)
     if not raw and ref:
         source = gitws.Input(agent=configmap, commit=commit, ref=ref)
         await asyncio.to_thread(gitws.fetch_commit, repo, source, None, remote)
@@ -149,14 +150,16 @@ async def ensure_session_result(
                 )
             except gitws.GitError as err:
                 raise ResultError(f"PushFailed: {err}") from None
-        large = len(bundle) > gitws.MAX_BUNDLE
+        large = len(bundle) > MAX_BUNDLE
         if large and pushed is None:
             raise ResultError(
                 f"ResultTooLarge: the session's result bundle is {len(bundle):,} bytes, over "
-                f"the {gitws.MAX_BUNDLE:,} a ConfigMap holds; configure workspace.git.push"
+                f"the {MAX_BUNDLE:,} a ConfigMap holds; configure workspace.git.push"
             )
         configmap = session_result_configmap_name(name)
-        data = {"commit": stat["commit"], "base": base} | ({"ref": pushed} if large else {})
+        data = {RESULT_COMMIT_KEY: stat["commit"], "base": base} | (
+            {RESULT_REF_KEY: pushed} if large else {}
+        )
         body: JSON = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -168,7 +171,9 @@ async def ensure_session_result(
             },
             "data": data,
             "binaryData": (
-                {"bundle": base64.b64encode(bundle).decode()} if bundle and not large else {}
+                {RESULT_BUNDLE_KEY: base64.b64encode(bundle).decode()}
+                if bundle and not large
+                else {}
             ),
         }
         await ensure_created(kube, CONFIGMAPS, body)

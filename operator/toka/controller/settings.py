@@ -1,5 +1,6 @@
-"""Kopf settings: everything Kopf stores lives under toka.dev/, retries are short,
-and watches on pods are filtered by the server, not in our memory."""
+"""Kopf settings: Kopf only watches (event handlers need no finalizer and store
+nothing on the objects), so what is set here is how it watches: server-side
+filtered pods, short batching, timeouts and retries."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ import kopf
 
 from toka.controller.builders.names import LABEL_AGENT
 
-FINALIZER = "toka.dev/finalizer"
-
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="toka.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="toka.dev", key="last-handled-configuration"
-    )
     # Kopf's own Events only for problems; ours carry the transitions.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "toka-operator"
@@ -30,4 +24,3 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Only Toka's pods: a label selector on the watch, not a client-side filter.
     settings.watching.label_selectors["v1", "pods"] = LABEL_AGENT
     settings.background.instant_exit_timeout = 0.1
-    settings.execution.max_workers = 20

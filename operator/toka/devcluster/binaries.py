@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from toka.contract import CACHE_DIR_ENV
+
 KUBERNETES_VERSION = "1.35.4"
 ETCD_VERSION = "3.6.16"
 HELM_VERSION = "3.22.0"
@@ -55,13 +57,9 @@ class Binaries:
     kube_controller_manager: Path | None
     kubectl: Path | None
 
-    @property
-    def bin_dirs(self) -> list[Path]:
-        return sorted({p.parent for p in (self.kube_apiserver, self.etcd, self.kubectl) if p})
-
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TOKA_CACHE_DIR", Path.home() / ".cache" / "toka"))
+    return Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "toka"))
 
 
 def kube_dir() -> Path:

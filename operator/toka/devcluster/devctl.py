@@ -47,12 +47,6 @@ class DevClusterError(RuntimeError):
     """The dev cluster did not start; the message holds the tail of its log."""
 
 
-def default_state_dir() -> Path:
-    from toka.cli import _default_state_dir
-
-    return Path(_default_state_dir())
-
-
 def _state(state_dir: Path) -> dict[str, object] | None:
     path = state_dir / STATE_FILE
     if not path.exists():

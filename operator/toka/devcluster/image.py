@@ -383,29 +383,6 @@ def archive_refs(archive: Path) -> list[str]:
     ]
 
 
-def import_into_containerd(
-    archive: Path, address: Path | str, *, snapshotter: str | None = None
-) -> list[str]:
-    """Import an oci-archive into containerd's `k8s.io` namespace (the CRI's) under its names.
-
-    ctr 1.6 keeps a full `localhost/NAME:TAG` from the archive's index as it is, but would
-    name a bare tag `import-<date>:TAG`; `--base-name` set to the repository states the
-    name and imports nothing else. `snapshotter` must be the CRI's when it is not the default.
-    """
-    refs = archive_refs(archive)
-    if not refs:
-        raise ImageError(f"{archive} names no image; export it with export_image()")
-    argv = [_require("ctr", "apt-get install containerd"), "--address", str(address)]
-    argv += ["-n", "k8s.io", "images", "import"]
-    if snapshotter:
-        argv += ["--snapshotter", snapshotter]
-    repositories = {ref.rpartition(":")[0] for ref in refs}
-    if len(repositories) != 1:
-        raise ImageError(f"{archive} holds several repositories ({refs}); import them one by one")
-    _run([*argv, "--base-name", repositories.pop(), str(archive)])
-    return refs
-
-
 def ensure_images(repo_root: Path, log: bool = True, *, export: bool = False) -> Images:
     """Toka's image and the pause image, from buildah's storage or built (and exported)."""
     if not (repo_root / "Dockerfile").is_file():

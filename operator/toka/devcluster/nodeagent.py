@@ -44,7 +44,13 @@ from typing import Any
 
 import httpx
 
-from toka.controller.builders.pod import ENTRYPOINT
+from toka.contract import (
+    ENTRYPOINT,
+    IMAGE_REPOSITORY,
+    KERNEL_ADDR_ENV,
+    LABEL_AGENT,
+    LABEL_DEV_NODE,
+)
 from toka.kube.client import (
     CONFIGMAPS,
     LEASES,
@@ -62,8 +68,7 @@ from toka.logs import configure
 log = logging.getLogger("toka.nodeagent")
 
 NODE_NAME = "toka-dev"
-AGENT_LABEL = "toka.dev/agent"
-DEFAULT_IMAGES = ("ghcr.io/toka-dev/toka", "toka")
+DEFAULT_IMAGES = (IMAGE_REPOSITORY, "toka")
 # What Toka's "image" is on the dev node: this Python environment and the package source.
 TOKA_RUNTIME_PATHS = sorted({sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])})
 KUBELET_VERSION = "v1.35.4"
@@ -586,7 +591,7 @@ class PodRuntime:
                 env[name] = expand(str(item.get("value", "")), env)
             else:
                 env[name] = await self._value_from(item["valueFrom"], spec)
-            if name == "TOKA_KERNEL_ADDR":
+            if name == KERNEL_ADDR_ENV:
                 env[name] = rewrite_kernel_addr(env[name], self.loopback)
         return env
 
@@ -994,7 +999,7 @@ class NodeAgent:
                 "labels": {
                     "kubernetes.io/hostname": self.node_name,
                     "kubernetes.io/os": "linux",
-                    "toka.dev/dev-node": "true",
+                    LABEL_DEV_NODE: "true",
                 },
             },
         }
@@ -1064,7 +1069,7 @@ class NodeAgent:
         while not stop.is_set():
             try:
                 async for event in self.kube.list_and_watch(
-                    PODS, label_selector=AGENT_LABEL, stop=stop
+                    PODS, label_selector=LABEL_AGENT, stop=stop
                 ):
                     await self.on_pod_event(event["type"], event["object"])
             except (ApiError, httpx.TransportError, httpx.StreamError) as err:
@@ -1156,12 +1161,6 @@ class NodeAgent:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             shutil.rmtree(runtime.dir, ignore_errors=True)
-
-    def log_path(self, namespace: str, pod: str, container: str) -> Path | None:
-        for rt in self.runtimes.values():
-            if rt.ns == namespace and rt.name == pod:
-                return rt.dir / "logs" / f"{container}.log"
-        return None
 
 
 async def run_node_agent(

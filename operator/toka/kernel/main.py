@@ -23,6 +23,28 @@ from aiohttp import web
 from toka import tracing
 from toka.api.capabilities import Grant
 from toka.api.models import Agent, Provider
+from toka.contract import (
+    AGENT_NAME_ENV,
+    ATTEMPT_ENV,
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_NAMESPACE,
+    DEFAULT_SHUTDOWN_SECONDS,
+    GIT_TOKEN_FILE_ENV,
+    HEARTBEAT_SECONDS_ENV,
+    KERNEL_CONTAINER,
+    LLM_KEY_FILE_ENV,
+    MCP_DIR_ENV,
+    METRICS_ADDR_ENV,
+    NAMESPACE_ENV,
+    POD_NAME_ENV,
+    RECORDING_CONFIGMAP_ENV,
+    RECORDING_KEY_ENV,
+    REPLAY_FILE_ENV,
+    RESULT_CONFIGMAP_ENV,
+    SHUTDOWN_SECONDS_ENV,
+    TOOLS_SOCKET_ENV,
+    recording_key,
+)
 from toka.contract import DEFAULT_KERNEL_ADDR as DEFAULT_ADDR
 from toka.contract import KERNEL_ADDR_ENV as ADDR_ENV
 from toka.kernel.mcp import McpTools
@@ -51,16 +73,16 @@ MCP_LIST_SECONDS = 60.0  # how often servers are asked again for their tools
 
 def _resource(ns: str) -> dict[str, str]:
     """Where the spans come from, as the Kubernetes resource conventions name it."""
-    resource = {"k8s.namespace.name": ns, "k8s.container.name": "kernel"}
-    if os.environ.get("TOKA_POD_NAME"):
-        resource["k8s.pod.name"] = os.environ["TOKA_POD_NAME"]
+    resource = {"k8s.namespace.name": ns, "k8s.container.name": KERNEL_CONTAINER}
+    if os.environ.get(POD_NAME_ENV):
+        resource["k8s.pod.name"] = os.environ[POD_NAME_ENV]
     return resource
 
 
 def restarted_in_this_pod(key: str) -> bool:
     """Whether a kernel started in this pod before (the kubelet restarted it): the first
     start leaves a mark in the pod's /tmp, an emptyDir that outlives the container."""
-    attempt = os.environ.get("TOKA_ATTEMPT", "0")
+    attempt = os.environ.get(ATTEMPT_ENV, "0")
     digest = hashlib.sha256(f"{key}/{attempt}".encode()).hexdigest()[:16]
     marker = Path(tempfile.gettempdir()) / f"toka-kernel-{digest}.started"
     if marker.exists():
@@ -88,7 +110,7 @@ async def read_agent(kube: AsyncKube, ns: str, name: str, timeout: float = 120) 
 def mcp_tools(agent: Agent, redactor: Redactor) -> McpTools:
     """The MCP client of `spec.mcpServers`; each server's header values join the redactor
     when read, before they are first sent."""
-    root = os.environ.get("TOKA_MCP_DIR")
+    root = os.environ.get(MCP_DIR_ENV)
     return McpTools(
         agent.spec.mcp_servers or [],
         headers_root=Path(root) if root else None,
@@ -104,9 +126,9 @@ def build_gateway(
     reporter: Reporter,
     recorder: RecordingWriter | None = None,
 ) -> tuple[LLMGateway | None, str | None]:
-    key_file = os.environ.get("TOKA_LLM_KEY_FILE")
+    key_file = os.environ.get(LLM_KEY_FILE_ENV)
     key = Path(key_file).read_text().strip() if key_file and Path(key_file).exists() else None
-    replay = os.environ.get("TOKA_REPLAY_FILE")
+    replay = os.environ.get(REPLAY_FILE_ENV)
     try:
         config = LLMConfig.resolve(
             agent.spec.llm,
@@ -150,8 +172,8 @@ def build_gateway(
 
 
 async def serve(config: KubeConfig | None = None) -> None:
-    ns = os.environ.get("TOKA_NAMESPACE") or "default"
-    name = os.environ["TOKA_AGENT_NAME"]
+    ns = os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+    name = os.environ[AGENT_NAME_ENV]
     kube = AsyncKube(config or in_cluster())
     redactor = Redactor()
     if kube.config.token_file:
@@ -167,12 +189,12 @@ async def serve(config: KubeConfig | None = None) -> None:
             "gen_ai.agent.id": agent.metadata.uid,
             "k8s.namespace.name": ns,
             "toka.agent": name,
-            "toka.attempt": os.environ.get("TOKA_ATTEMPT"),
+            "toka.attempt": os.environ.get(ATTEMPT_ENV),
         },
         trace_id=tracing.trace_id_for(agent.metadata.uid or f"{ns}/{name}"),
     )
     tracer.default_parent = run_span
-    heartbeat = float(os.environ.get("TOKA_HEARTBEAT_SECONDS", "10"))
+    heartbeat = float(os.environ.get(HEARTBEAT_SECONDS_ENV, DEFAULT_HEARTBEAT_SECONDS))
     # Status text is redacted as audit lines are; the gateway's and git's secrets join below.
     reporter = Reporter(kube, ns, name, heartbeat_seconds=heartbeat, redact=redactor)
     extra = [
@@ -199,12 +221,12 @@ async def serve(config: KubeConfig | None = None) -> None:
 
     registry = CollectorRegistry()
     recorder = None
-    if os.environ.get("TOKA_RECORDING_CONFIGMAP"):
+    if os.environ.get(RECORDING_CONFIGMAP_ENV):
         recorder = RecordingWriter(
             kube,
             ns,
-            os.environ["TOKA_RECORDING_CONFIGMAP"],
-            os.environ.get("TOKA_RECORDING_KEY") or f"{agent.spec.name or name}.json",
+            os.environ[RECORDING_CONFIGMAP_ENV],
+            os.environ.get(RECORDING_KEY_ENV) or recording_key(agent.spec.name or name),
             agent.spec.name or name,
             Path(tempfile.gettempdir()) / "toka-recording.json",
             redactor,
@@ -215,7 +237,7 @@ async def serve(config: KubeConfig | None = None) -> None:
         for secret in gateway.config.secrets():
             redactor.add(secret)
     results = None
-    if os.environ.get("TOKA_RESULT_CONFIGMAP"):
+    if os.environ.get(RESULT_CONFIGMAP_ENV):
         remote = Remote.from_env(dict(os.environ), agent.spec.name or name)
         for secret in remote.secrets if remote is not None else ():
             redactor.add(secret)
@@ -224,14 +246,14 @@ async def serve(config: KubeConfig | None = None) -> None:
             namespace=ns,
             agent=name,
             author=agent.spec.name or name,
-            configmap=os.environ["TOKA_RESULT_CONFIGMAP"],
+            configmap=os.environ[RESULT_CONFIGMAP_ENV],
             reporter=reporter,
             remote=remote,
         )
         # Pod-local, but a credential all the same: never in status or the audit log.
         redactor.add(results.git_token)
-        if os.environ.get("TOKA_GIT_TOKEN_FILE"):
-            results.write_token(os.environ["TOKA_GIT_TOKEN_FILE"])
+        if os.environ.get(GIT_TOKEN_FILE_ENV):
+            results.write_token(os.environ[GIT_TOKEN_FILE_ENV])
     kernel = Kernel(
         agent=name,
         spec=agent.spec,
@@ -239,7 +261,7 @@ async def serve(config: KubeConfig | None = None) -> None:
         reporter=reporter,
         gateway=gateway,
         gateway_error=gateway_error,
-        tools_socket=os.environ.get("TOKA_TOOLS_SOCKET"),
+        tools_socket=os.environ.get(TOOLS_SOCKET_ENV),
         registry=registry,
         results=results,
         tracer=tracer,
@@ -255,8 +277,8 @@ async def serve(config: KubeConfig | None = None) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     metrics_runner = None
-    if os.environ.get("TOKA_METRICS_ADDR"):
-        mhost, mport = split_addr(os.environ["TOKA_METRICS_ADDR"])
+    if os.environ.get(METRICS_ADDR_ENV):
+        mhost, mport = split_addr(os.environ[METRICS_ADDR_ENV])
         metrics_runner = web.AppRunner(kernel.metrics_app(), access_log=None, shutdown_timeout=1.0)
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, mhost, mport).start()
@@ -293,7 +315,8 @@ async def serve(config: KubeConfig | None = None) -> None:
     kernel.ready = False
     for task in pollers:
         task.cancel()
-    if not await reporter.close(writer, float(os.environ.get("TOKA_SHUTDOWN_SECONDS", "10"))):
+    shutdown = float(os.environ.get(SHUTDOWN_SECONDS_ENV, DEFAULT_SHUTDOWN_SECONDS))
+    if not await reporter.close(writer, shutdown):
         log.warning("stopping with an unwritten report (the API server did not answer)")
     await runner.cleanup()
     if metrics_runner is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from toka.api.capabilities import Capability, Grant, parse
+from toka.api.capabilities import Capability, Grant
 from toka.llm.sanitize import Redactor
 from toka.tracing import NO_TRACER, Tracer
 
@@ -101,15 +101,3 @@ class Policy:
             if k not in ("ts", "audit", "agent", "op")
         }
         self.tracer.start(f"policy {op}", {"toka.policy.op": op, **attributes}).end()
-
-
-def valid_capabilities(texts: list[str]) -> tuple[list[Capability], list[str]]:
-    """Parsed capabilities and the errors of the ones that do not parse."""
-    caps: list[Capability] = []
-    errors: list[str] = []
-    for text in texts:
-        try:
-            caps.extend(parse(text))
-        except ValueError as err:
-            errors.append(str(err))
-    return caps, errors

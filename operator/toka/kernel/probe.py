@@ -13,13 +13,14 @@ import socket
 
 from toka.contract import DEFAULT_KERNEL_ADDR as DEFAULT_ADDR
 from toka.contract import KERNEL_ADDR_ENV as ADDR_ENV
+from toka.contract import KERNEL_HOST, KERNEL_READY_PATH
 
 TIMEOUT_SECONDS = 2.0
 
 
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    return host or KERNEL_HOST, int(port)
 
 
 def probe(addr: str | None = None, timeout: float = TIMEOUT_SECONDS) -> int:
@@ -28,9 +29,11 @@ def probe(addr: str | None = None, timeout: float = TIMEOUT_SECONDS) -> int:
         host, port = split_addr(addr or os.environ.get(ADDR_ENV) or DEFAULT_ADDR)
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(
-                f"GET /readyz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+            request = (
+                f"GET {KERNEL_READY_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Connection: close\r\n\r\n"
             )
+            sock.sendall(request.encode())
             status_line = sock.makefile("rb").readline(8192)
         return 0 if status_line.split()[1:2] == [b"200"] else 1
     except (OSError, IndexError, ValueError):

@@ -51,15 +51,13 @@ from toka.api.models import (
     Usage,
     WorkspaceStatus,
 )
+from toka.contract import MAX_FOLLOW_UPS, MAX_RUN_BYTES, MAX_SPAWN_REQUESTS
 from toka.kube.client import AGENTS, ApiError, AsyncKube
 from toka.llm.sanitize import Redactor
 
 log = logging.getLogger("toka.kernel.reporter")
 JSON = dict[str, Any]
 Key = tuple[str, ...]  # where a text lives in status.run, e.g. ("task", name, "summary")
-MAX_FOLLOW_UPS = 16
-MAX_SPAWN_REQUESTS = 8
-MAX_RUN_BYTES = 256 * 1024
 # Spawn requests are never cut to fit, so they get a share; the rest always fits:
 # 116 tasks with every text cut to its marker, plus the other fields, is under 20 KiB.
 MAX_SPAWN_BYTES = 128 * 1024

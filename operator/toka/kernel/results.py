@@ -32,10 +32,22 @@ import httpx
 from aiohttp import web
 
 from toka.api.models import ResultCommit, TaskState, WorkspaceState, WorkspaceStatus
+from toka.contract import (
+    GIT_CREDENTIALS_DIR_ENV,
+    GIT_PUSH_BRANCH_ENV,
+    GIT_TOKEN_HEADER,
+    KERNEL_GIT_PATH,
+    MAX_BUNDLE,
+    RESULT_BUNDLE_KEY,
+    RESULT_COMMIT_KEY,
+    RESULT_REF_KEY,
+    SESSION_ENV,
+    WORKSPACE_GIT_REF_ENV,
+    WORKSPACE_GIT_URL_ENV,
+)
 from toka.kernel.reporter import Reporter
 from toka.kube.client import CONFIGMAPS, ApiError, AsyncKube
-from toka.tools.gitws import MAX_BUNDLE, basic_authorization
-from toka.tools.ops import GIT_TOKEN_HEADER
+from toka.tools.gitws import basic_authorization
 
 log = logging.getLogger("toka.kernel.results")
 JSON = dict[str, Any]
@@ -57,20 +69,20 @@ class Remote:
 
     @classmethod
     def from_env(cls, env: dict[str, str], agent: str) -> Remote | None:
-        url = env.get("TOKA_WORKSPACE_GIT_URL")
+        url = env.get(WORKSPACE_GIT_URL_ENV)
         if not url:
             return None
-        branch = env.get("TOKA_GIT_PUSH_BRANCH")
+        branch = env.get(GIT_PUSH_BRANCH_ENV)
         own = work = None
         if branch:
-            session = env.get("TOKA_SESSION") or agent
+            session = env.get(SESSION_ENV) or agent
             prefix = f"refs/heads/{branch.replace('{session}', session).strip('/')}/"
             own = f"{prefix}agents/{agent}"
             work = f"{prefix}work/{agent}/"
-        authorization, secret_values = read_credentials(env.get("TOKA_GIT_CREDENTIALS_DIR"))
+        authorization, secret_values = read_credentials(env.get(GIT_CREDENTIALS_DIR_ENV))
         return cls(
             url=url.rstrip("/"),
-            base_ref=env.get("TOKA_WORKSPACE_GIT_REF"),
+            base_ref=env.get(WORKSPACE_GIT_REF_ENV),
             own_ref=own,
             authorization=authorization,
             secrets=secret_values,
@@ -288,7 +300,10 @@ class Results:
         """The result for dependents: its bundle, or the remote ref that holds it."""
         assert self.kube is not None
         assert self.configmap is not None
-        body = {"data": {"commit": commit, "ref": ref}, "binaryData": {"bundle": bundle_b64}}
+        body = {
+            "data": {RESULT_COMMIT_KEY: commit, RESULT_REF_KEY: ref},
+            "binaryData": {RESULT_BUNDLE_KEY: bundle_b64},
+        }
         # Dependents start only from what is stored: ride out an API outage, as the
         # status reporter does, while the agent waits for its TaskCompleted answer.
         loop = asyncio.get_running_loop()
@@ -345,9 +360,9 @@ class Results:
     # --- the git proxy ----------------------------------------------------------------
 
     def routes(self, app: web.Application) -> None:
-        app.router.add_get("/git/repo/info/refs", self.proxy)
-        app.router.add_post("/git/repo/git-upload-pack", self.proxy)
-        app.router.add_post("/git/repo/git-receive-pack", self.proxy)
+        app.router.add_get(f"{KERNEL_GIT_PATH}/info/refs", self.proxy)
+        app.router.add_post(f"{KERNEL_GIT_PATH}/git-upload-pack", self.proxy)
+        app.router.add_post(f"{KERNEL_GIT_PATH}/git-receive-pack", self.proxy)
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         remote = self.remote
@@ -355,7 +370,7 @@ class Results:
             return web.Response(status=404, text="this session has no git remote\n")
         if not secrets.compare_digest(request.headers.get(GIT_TOKEN_HEADER, ""), self.git_token):
             return web.Response(status=403, text="only the tools sidecar may use this proxy\n")
-        tail = request.path.removeprefix("/git/repo")
+        tail = request.path.removeprefix(KERNEL_GIT_PATH)
         service = request.query.get("service", "")
         pushing = tail.endswith("git-receive-pack") or service == "git-receive-pack"
         if pushing and remote.own_ref is None:

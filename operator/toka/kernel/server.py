@@ -43,6 +43,7 @@ from toka.api.models import (
     SpawnRequest,
     TaskSpec,
 )
+from toka.contract import KERNEL_READY_PATH, MAX_SPAWN_REQUESTS
 from toka.kernel.mcp import McpError, McpTool, McpTools, split_llm_name
 from toka.kernel.netfetch import FetchRefused, Resolve, fetch, system_resolve
 from toka.kernel.policy import Decision, Policy
@@ -264,7 +265,7 @@ class Kernel:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._never_500])
         app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get(KERNEL_READY_PATH, self.readyz)
         app.router.add_get("/v1/agent", self.describe)
         app.router.add_post("/v1/messages", self.message)
         app.router.add_post("/v1/tools/{name}", self.tool)
@@ -467,7 +468,9 @@ class Kernel:
             tasks=[TaskSpec(name=t.name, description=t.description) for t in msg.tasks],
         )
         if not self.reporter.spawn_request(request):
-            return _error(409, "not_requested", "at most 8 spawn requests per agent")
+            return _error(
+                409, "not_requested", f"at most {MAX_SPAWN_REQUESTS} spawn requests per agent"
+            )
         # The operator decides (narrowing, count, depth, budget) and answers in status.spawnResults.
         return web.json_response({"ok": True, "id": request.id, "state": "requested"}, status=202)
 

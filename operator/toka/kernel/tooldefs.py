@@ -25,12 +25,7 @@ class ToolDef:
     domain: str
     action: str
     target: Callable[[JSON], str]  # what the capability's scope is matched against
-    spec: ToolSpec
-
-    @property
-    def llm_name(self) -> str:
-        """LLM tool names cannot contain dots."""
-        return self.name.replace(".", "_")
+    spec: ToolSpec  # its name is `name` with "_" for "." (LLM tool names have no dots)
 
 
 _PATH = {
@@ -140,7 +135,6 @@ TOOLS: dict[str, ToolDef] = {
         ),
     ]
 }
-BY_LLM_NAME = {t.llm_name: t for t in TOOLS.values()}
 
 FINISH_TASK = ToolSpec(
     name="finish_task",

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import httpx
 
+from toka.contract import AGENT_PLURAL, API_GROUP, API_VERSION, SESSION_PLURAL
 from toka.kube.config import KubeConfig
 
 JSON = dict[str, Any]
@@ -69,8 +70,8 @@ CLUSTERROLEBINDINGS = Resource(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings", namespaced=False
 )
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
-AGENTS = Resource("toka.dev", "v1alpha1", "agents")
-SESSIONS = Resource("toka.dev", "v1alpha1", "agentsessions")
+AGENTS = Resource(API_GROUP, API_VERSION, AGENT_PLURAL)
+SESSIONS = Resource(API_GROUP, API_VERSION, SESSION_PLURAL)
 
 
 class ApiError(Exception):
@@ -115,12 +116,20 @@ def _error(resp: httpx.Response) -> ApiError:
 class AsyncKube:
     """Calls to one API server as one identity."""
 
-    def __init__(self, config: KubeConfig, *, timeout: float = 30.0):
+    def __init__(self, config: KubeConfig, *, timeout: float = 30.0, concurrency: int = 12):
         self.config = config
+        # At most `concurrency` requests in flight, each on a kept-alive connection:
+        # httpcore scans its pool and its waiting requests on every request, so an
+        # unbounded burst costs CPU quadratically; a burst above the keep-alive count
+        # would also close connections and pay a TLS handshake for each new one.
+        # Watches hold connections of their own, above that count.
+        self._slots = asyncio.Semaphore(concurrency)
+        connections = concurrency + 8
         self._client = httpx.AsyncClient(
             base_url=config.server,
             verify=config.ssl_context(),
             timeout=httpx.Timeout(timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers={"Accept": "application/json", "User-Agent": "toka"},
         )
 
@@ -171,14 +180,15 @@ class AsyncKube:
             )
             if accept:
                 headers["Accept"] = accept
-            resp = await self._client.request(
-                method,
-                path,
-                content=content,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            async with self._slots:
+                resp = await self._client.request(
+                    method,
+                    path,
+                    content=content,
+                    params={k: v for k, v in (params or {}).items() if v is not None},
+                    headers=headers,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
             if resp.status_code < 400 or attempt == 2 or not await self._renewed(resp):
                 break
         if resp.status_code >= 400:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+from toka.contract import SERVICE_ACCOUNT_DIR
+
+SA_DIR = Path(SERVICE_ACCOUNT_DIR)
 
 
 class ConfigError(RuntimeError):
@@ -70,16 +72,6 @@ class KubeConfig:
             return self.credential.authorization()
         token = self.bearer()
         return f"Bearer {token}" if token else None
-
-    def with_token_file(self, token_file: str) -> KubeConfig:
-        """Same server and CA, authenticated by a token file instead of our credentials."""
-        return KubeConfig(
-            server=self.server,
-            ca_file=self.ca_file,
-            token_file=token_file,
-            namespace=self.namespace,
-            insecure=self.insecure,
-        )
 
     def with_token(self, token: str) -> KubeConfig:
         return KubeConfig(

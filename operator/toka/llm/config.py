@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from toka.api.models import OPENAI_ID_PATTERN, LLMSpec, Provider
+from toka.contract import REPLAY_FILE_ENV
 from toka.llm.errors import ConfigError
 
 DEFAULT_MODELS = {
@@ -99,7 +100,7 @@ class LLMConfig(BaseModel):
         if named == Provider.OPENAI_COMPATIBLE and not base_url:
             raise ConfigError("provider openai-compatible needs llm.baseURL or LLM_BASE_URL")
         if named == Provider.REPLAY and replay_path is None:
-            raw = env.get("TOKA_REPLAY_FILE")
+            raw = env.get(REPLAY_FILE_ENV)
             replay_path = Path(raw) if raw else None
             if replay_path is None:
                 raise ConfigError("provider replay needs a recording (llm.replay.configMapRef)")

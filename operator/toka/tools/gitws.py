@@ -36,9 +36,6 @@ BASE_EMAIL = "toka@toka.dev"
 # A fixed date makes the base commit of a ConfigMap-seeded workspace the same everywhere.
 BASE_EPOCH = 1577836800  # 2020-01-01T00:00:00Z
 BRANCH = "toka/work"
-# A ConfigMap holds at most 1 MiB, and its bundle travels base64-encoded in JSON too:
-# a larger result travels through the session's remote, or fails with ResultTooLarge.
-MAX_BUNDLE = 768 * 1024
 STATE_FILE = "toka-workspace.json"  # in the git dir: survives a tools restart within the pod
 # Git settings that a repository's own config cannot override (command line wins).
 LOCKED_CONFIG = (

@@ -31,6 +31,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from toka.contract import (
+    AGENT_NAME_ENV,
+    GIT_DIR_ENV,
+    GIT_TOKEN_FILE_ENV,
+    GIT_TOKEN_HEADER,
+    KERNEL_ADDR_ENV,
+    KERNEL_GIT_PATH,
+    RESULT_BUNDLE_KEY,
+    RESULT_COMMIT_KEY,
+    RESULT_REF_KEY,
+    TOOLS_EXTRA_PATH_ENV,
+    WORKSPACE_BASE_ENV,
+    WORKSPACE_GIT_REF_ENV,
+    WORKSPACE_GIT_URL_ENV,
+    WORKSPACE_INPUTS_ENV,
+    WORKSPACE_RESUME_DIR_ENV,
+    WORKSPACE_SEED_DIR_ENV,
+    WORKSPACE_SHARED_ENV,
+)
 from toka.paths import PathError, canonical_path
 from toka.tools import beneath, gitws, sandbox
 
@@ -43,7 +62,6 @@ DEFAULT_TIMEOUT = 60
 EXIT_GRACE = 0.5
 MAX_PROCESSES = 1024  # per user (the tools UID): the tools server and everything it runs
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
-GIT_TOKEN_HEADER = "X-Toka-Git-Token"  # noqa: S105 (a header name)
 # A workspace used as it is (a shared volume): files, no git.
 AS_IS: JSON = {"state": "Ready", "git": False, "message": "used as it is (no git)"}
 
@@ -169,7 +187,7 @@ def _rel(workspace: Path, path: Path) -> str:
 def exec_path() -> str:
     """Programs come from the image's directories (and absolute extra ones), never from
     the working directory: no empty entry, no relative one."""
-    extra = os.environ.get("TOKA_TOOLS_EXTRA_PATH", "").split(":")
+    extra = os.environ.get(TOOLS_EXTRA_PATH_ENV, "").split(":")
     dirs = CLEAN_PATH.split(":") + [d for d in extra if d.startswith("/")]
     return ":".join(dict.fromkeys(dirs))
 
@@ -412,11 +430,11 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
     kernel reads them, reports the reason on the Agent and refuses work.
     """
     workspace.mkdir(parents=True, exist_ok=True)
-    if env.get("TOKA_WORKSPACE_SHARED"):
+    if env.get(WORKSPACE_SHARED_ENV):
         return dict(AS_IS)
-    if env.get("TOKA_GIT_DIR"):
+    if env.get(GIT_DIR_ENV):
         # A directory inside the volume: git makes it (and a clone wants it not to exist).
-        gitws.use_git_dir(workspace, Path(env["TOKA_GIT_DIR"], "repo"))
+        gitws.use_git_dir(workspace, Path(env[GIT_DIR_ENV], "repo"))
     saved = gitws.load_state(workspace)
     if saved is not None:
         return saved
@@ -433,25 +451,25 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
                 leftover.unlink()
         inputs = [
             result_input(i["agent"], i["dir"], i["commit"])
-            for i in json.loads(env.get("TOKA_WORKSPACE_INPUTS") or "[]")
+            for i in json.loads(env.get(WORKSPACE_INPUTS_ENV) or "[]")
         ]
-        resume_dir = env.get("TOKA_WORKSPACE_RESUME_DIR")
+        resume_dir = env.get(WORKSPACE_RESUME_DIR_ENV)
         resume = None
-        if resume_dir and Path(resume_dir, "commit").is_file():
-            commit = Path(resume_dir, "commit").read_text().strip()
-            resume = result_input(env.get("TOKA_AGENT_NAME", "agent"), resume_dir, commit)
-        seed_dir = env.get("TOKA_WORKSPACE_SEED_DIR")
+        if resume_dir and Path(resume_dir, RESULT_COMMIT_KEY).is_file():
+            commit = Path(resume_dir, RESULT_COMMIT_KEY).read_text().strip()
+            resume = result_input(env.get(AGENT_NAME_ENV, "agent"), resume_dir, commit)
+        seed_dir = env.get(WORKSPACE_SEED_DIR_ENV)
         prepared = gitws.prepare(
             workspace,
             seed=gitws.seed_files_from_dir(seed_dir) if seed_dir else None,
-            git_url=env.get("TOKA_WORKSPACE_GIT_URL"),
+            git_url=env.get(WORKSPACE_GIT_URL_ENV),
             fetch_url=kernel_git_url(env),
-            git_ref=env.get("TOKA_WORKSPACE_GIT_REF"),
-            base=env.get("TOKA_WORKSPACE_BASE"),
+            git_ref=env.get(WORKSPACE_GIT_REF_ENV),
+            base=env.get(WORKSPACE_BASE_ENV),
             headers=kernel_git_headers(env),
             inputs=inputs,
             resume=resume,
-            author=env.get("TOKA_AGENT_NAME", "agent"),
+            author=env.get(AGENT_NAME_ENV, "agent"),
         )
         state: JSON = {
             "state": "Ready",
@@ -471,24 +489,24 @@ def prepare_workspace(workspace: Path, env: Mapping[str, str]) -> JSON:
 
 def result_input(agent: str, directory: str, commit: str) -> gitws.Input:
     """A result ConfigMap mounted at `directory`: its bundle, or the remote ref holding it."""
-    ref = Path(directory, "ref")
+    ref = Path(directory, RESULT_REF_KEY)
     return gitws.Input(
         agent=agent,
         commit=commit,
-        bundle=str(Path(directory, "bundle")),
+        bundle=str(Path(directory, RESULT_BUNDLE_KEY)),
         ref=ref.read_text().strip() if ref.is_file() else None,
     )
 
 
 def kernel_git_url(env: Mapping[str, str]) -> str | None:
     """The kernel's git proxy: the only way to the session's remote, credential added there."""
-    addr = env.get("TOKA_KERNEL_ADDR")
-    return f"http://{addr}/git/repo" if addr and env.get("TOKA_WORKSPACE_GIT_URL") else None
+    addr = env.get(KERNEL_ADDR_ENV)
+    return f"http://{addr}{KERNEL_GIT_PATH}" if addr and env.get(WORKSPACE_GIT_URL_ENV) else None
 
 
 def kernel_git_headers(env: Mapping[str, str]) -> list[str]:
     """The pod-local token that tells the kernel's proxy a request comes from this sidecar."""
-    path = env.get("TOKA_GIT_TOKEN_FILE")
+    path = env.get(GIT_TOKEN_FILE_ENV)
     if not path:
         return []
     try:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toka.contract import CONFIG_DIR
 from toka.paths import glob_regex
 from toka.tools import beneath
 
@@ -171,15 +172,15 @@ def literal_prefix(glob: str) -> tuple[list[str], list[str]]:
 @functools.cache
 def system_read() -> tuple[str, ...]:
     """Where programs and their libraries live, read-only. `/etc` entry by entry where an
-    `/etc/toka` exists (Toka's own configuration on a developer's machine; pods mount
-    nothing there for tools): what it holds reaches the agent only through its grants."""
-    if not os.path.exists("/etc/toka"):
+    `/etc/toka` (CONFIG_DIR) exists (Toka's own configuration on a developer's machine; pods
+    mount nothing there for tools): what it holds reaches the agent only through its grants."""
+    if not os.path.exists(CONFIG_DIR):
         return tuple(p for p in SYSTEM_READ if os.path.isdir(p))
     out = [p for p in SYSTEM_READ if p != "/etc" and os.path.isdir(p)]
     with contextlib.suppress(OSError), os.scandir("/etc") as entries:
         for entry in entries:
             real = os.path.realpath(entry.path)
-            if entry.name != "toka" and not real.startswith(("/proc/", "/sys/", "/etc/toka")):
+            if entry.path != CONFIG_DIR and not real.startswith(("/proc/", "/sys/", CONFIG_DIR)):
                 out.append(entry.path)
     return tuple(sorted(out))
 

@@ -7,7 +7,7 @@ container mount.
 The HTTP here is the least the kernel's client needs (a request line,
 headers, a Content-Length body, keep-alive), on `socketserver` alone:
 `http.server` would pull in `http.client`, `email` and `ssl` and cost this
-sidecar a third more memory (DESIGN §10: tools ≤ 15 MB).
+sidecar a third more memory (docs/architecture.md, Measured targets: tools ≤ 15 MB).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from http import HTTPStatus  # the enum only: not http.client, email or ssl
 from pathlib import Path
 from typing import Any
 
+from toka.contract import PROBE_FLAG, TOOLS_SOCKET, TOOLS_SOCKET_ENV, WORKSPACE, WORKSPACE_ENV
 from toka.tools import sandbox
 from toka.tools.ops import OPS, ToolError, Workspace, kill_running, os_error, prepare_workspace
 
@@ -232,14 +233,14 @@ def _stop(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str]) -> int:
-    path = os.environ.get("TOKA_TOOLS_SOCKET", "/run/toka/tools.sock")
-    if "--probe" in argv:
+    path = os.environ.get(TOOLS_SOCKET_ENV, TOOLS_SOCKET)
+    if PROBE_FLAG in argv:
         return probe(path)
     # PID 1 in its container ignores a signal it has no handler for: without these the
     # pod would wait out its whole grace period, and end with a SIGKILL.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
-    workspace = Path(os.environ.get("TOKA_WORKSPACE", "/workspace"))
+    workspace = Path(os.environ.get(WORKSPACE_ENV, WORKSPACE))
     try:
         # Orphans of the programs it runs become its children: `trusted_peer` sees them
         # all, and each call's leftovers are killed.

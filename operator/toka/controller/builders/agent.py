@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from toka.api.base import GROUP_VERSION
 from toka.api.capabilities import Grant
 from toka.api.models import (
     Agent,
@@ -22,7 +21,8 @@ from toka.api.models import (
     SessionRef,
     SpawnRequest,
 )
-from toka.controller.builders.meta import owner_reference
+from toka.contract import AGENT_KIND, GROUP_VERSION, recording_key
+from toka.controller.builders.meta import Owner, name_of, namespace_of, owner_reference
 from toka.controller.builders.names import (
     LABEL_AGENT,
     LABEL_MANAGED_BY,
@@ -48,7 +48,7 @@ def resolve_llm(session: LLMSpec | None, agent: LLMSpec | None, agent_name: str)
     llm = LLMSpec.model_validate(merged)
     if llm.replay is not None and llm.replay.config_map_ref.key is None:
         # One recording per agent: the key defaults to the agent's name.
-        ref = llm.replay.config_map_ref.model_copy(update={"key": f"{agent_name}.json"})
+        ref = llm.replay.config_map_ref.model_copy(update={"key": recording_key(agent_name)})
         llm = llm.model_copy(
             update={"replay": llm.replay.model_copy(update={"config_map_ref": ref})}
         )
@@ -74,12 +74,14 @@ def granted_mcp_servers(
     return [server for server in servers or [] if server.name in named] or None
 
 
-def build_agent(session_body: JSON, template: AgentTemplate, handoff: list[HandoffEntry]) -> JSON:
-    session = AgentSession.model_validate(session_body)
-    name = agent_object_name(session_body["metadata"]["name"], template.name)
+def build_agent(
+    session: AgentSession, template: AgentTemplate, handoff: list[HandoffEntry]
+) -> JSON:
+    """The Agent of one of the session's templates, owned by the session."""
+    session_name = name_of(session)
     spec = AgentSpec(
         **template.model_dump(exclude={"llm", "mcp_servers"}),
-        session_ref=SessionRef(name=session_body["metadata"]["name"]),
+        session_ref=SessionRef(name=session_name),
         workstream=session.spec.workstream,
         llm=resolve_llm(session.spec.llm, template.llm, template.name),
         mcp_servers=merge_mcp_servers(session.spec.mcp_servers, template.mcp_servers),
@@ -88,22 +90,21 @@ def build_agent(session_body: JSON, template: AgentTemplate, handoff: list[Hando
         pod_template=session.spec.pod_template,
         suspend=session.spec.suspend,
     )
-    return _agent_manifest(
-        name, session_body, spec, {LABEL_SESSION: session_body["metadata"]["name"]}
-    )
+    name = agent_object_name(session_name, template.name)
+    return _agent_manifest(name, session, spec, {LABEL_SESSION: session_name})
 
 
-def _agent_manifest(name: str, owner: JSON, spec: AgentSpec, labels: dict[str, str]) -> JSON:
+def _agent_manifest(name: str, owner: Owner, spec: AgentSpec, labels: dict[str, str]) -> JSON:
     """An Agent owned (and garbage-collected) by `owner`, in its namespace."""
     labels = {**labels, LABEL_AGENT: name, LABEL_MANAGED_BY: MANAGED_BY}
     if spec.workstream:
         labels[LABEL_WORKSTREAM] = spec.workstream
     return {
         "apiVersion": GROUP_VERSION,
-        "kind": "Agent",
+        "kind": AGENT_KIND,
         "metadata": {
             "name": name,
-            "namespace": owner["metadata"]["namespace"],
+            "namespace": namespace_of(owner),
             "labels": labels,
             "ownerReferences": [owner_reference(owner)],
         },
@@ -112,31 +113,18 @@ def _agent_manifest(name: str, owner: JSON, spec: AgentSpec, labels: dict[str, s
 
 
 def build_child_agent(
-    parent_body: JSON, request: SpawnRequest, depth: int, limits: AgentLimits | None
+    parent: Agent, request: SpawnRequest, depth: int, limits: AgentLimits | None
 ) -> JSON:
     """The Agent a spawn request asked for: the parent's settings, the request's grant and
     tasks, owned by the parent so that it goes when the parent goes."""
-    parent = Agent.model_validate(parent_body)
-    meta = parent_body["metadata"]
-    name = agent_object_name(meta["name"], request.name)
-    llm = parent.spec.llm
-    if llm is not None and llm.replay is not None:
-        # The parent's recording key names the parent; the child has its own.
-        ref = llm.replay.config_map_ref.model_copy(update={"key": None})
-        llm = resolve_llm(
-            llm.model_copy(
-                update={"replay": llm.replay.model_copy(update={"config_map_ref": ref})}
-            ),
-            None,
-            request.name,
-        )
+    parent_name = name_of(parent)
     spec = AgentSpec(
         name=request.name,
         domain=parent.spec.domain,
         capabilities=request.capabilities,
         mcp_servers=granted_mcp_servers(parent.spec.mcp_servers, request.capabilities),
         tasks=request.tasks,
-        llm=llm,
+        llm=_child_llm(parent.spec.llm, request.name),
         resources=parent.spec.resources,
         image=parent.spec.image,
         tools_image=parent.spec.tools_image,
@@ -147,6 +135,16 @@ def build_child_agent(
         pod_template=parent.spec.pod_template,
         limits=limits,
     )
-    return _agent_manifest(
-        name, parent_body, spec, {LABEL_PARENT: meta["name"], LABEL_SPAWN_DEPTH: str(depth)}
-    )
+    name = agent_object_name(parent_name, request.name)
+    labels = {LABEL_PARENT: parent_name, LABEL_SPAWN_DEPTH: str(depth)}
+    return _agent_manifest(name, parent, spec, labels)
+
+
+def _child_llm(llm: LLMSpec | None, child: str) -> LLMSpec | None:
+    """The parent's LLM settings; its recording key names the parent, so the child's is
+    its own."""
+    if llm is None or llm.replay is None:
+        return llm
+    ref = llm.replay.config_map_ref.model_copy(update={"key": None})
+    replay = llm.replay.model_copy(update={"config_map_ref": ref})
+    return resolve_llm(llm.model_copy(update={"replay": replay}), None, child)

@@ -1,20 +1,41 @@
-"""Names and labels of everything the operator creates."""
+"""Names and labels of everything the operator creates.
+
+The label keys are the pod contract's (`toka.contract`), imported here so the
+builders' users find names and labels in one place.
+"""
 
 from __future__ import annotations
 
 import hashlib
 
 from toka.api.base import MAX_NAME
+from toka.contract import (
+    LABEL_AGENT,
+    LABEL_ATTEMPT,
+    LABEL_MANAGED_BY,
+    LABEL_PARENT,
+    LABEL_SESSION,
+    LABEL_SPAWN_DEPTH,
+    LABEL_WORKSTREAM,
+    MANAGED_BY,
+)
 
-GROUP = "toka.dev"
-LABEL_AGENT = "toka.dev/agent"
-LABEL_SESSION = "toka.dev/session"
-LABEL_WORKSTREAM = "toka.dev/workstream"
-LABEL_ATTEMPT = "toka.dev/attempt"
-LABEL_PARENT = "toka.dev/parent"
-LABEL_SPAWN_DEPTH = "toka.dev/spawn-depth"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "toka"
+__all__ = [
+    "LABEL_AGENT",
+    "LABEL_ATTEMPT",
+    "LABEL_MANAGED_BY",
+    "LABEL_PARENT",
+    "LABEL_SESSION",
+    "LABEL_SPAWN_DEPTH",
+    "LABEL_WORKSTREAM",
+    "MANAGED_BY",
+    "agent_object_name",
+    "attempt_of",
+    "pod_name",
+    "recording_configmap_name",
+    "result_configmap_name",
+    "session_result_configmap_name",
+]
 
 
 def agent_object_name(session: str, agent: str) -> str:

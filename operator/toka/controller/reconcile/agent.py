@@ -2,19 +2,23 @@
 
 Attempts are pods named `<agent>-<n>`; the number of failed attempts is
 counted from the pods observed, so a restarted operator counts the same.
-The operator writes only its own status fields, never `status.run`.
+The operator writes only its own status fields, never `status.run`. Whatever
+the I/O layer learned by acting (a child's name held by another object) comes
+back as input to the next plan, never as an edit of this one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from toka.api.conditions import (
     Condition,
+    ConditionStamp,
     ConditionStatus,
-    make_condition,
+    drop_conditions,
     merge_conditions,
     truncate,
 )
@@ -27,12 +31,16 @@ from toka.api.models import (
     AgentStatus,
     McpServer,
     McpServerStatus,
+    RunStatus,
     SpawnResult,
     TaskState,
     WorkspaceState,
+    WorkspaceStatus,
 )
-from toka.controller.builders.names import attempt_of
-from toka.controller.reconcile.spawn import carved_tokens, compute_spawn_plan
+from toka.contract import AGENT_CONTAINER, KERNEL_CONTAINER
+from toka.controller.builders.meta import name_of
+from toka.controller.builders.names import attempt_of, pod_name
+from toka.controller.reconcile.spawn import NO_CONFLICTS, carved_tokens, compute_spawn_plan
 
 JSON = dict[str, Any]
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
@@ -53,6 +61,10 @@ WARN_REASONS = (
     "ConfigMapKeyNotFound",
     *CONFIG_ERRORS,
 )
+Event = tuple[str, str, str]
+TERMINAL = (AgentPhase.SUCCEEDED, AgentPhase.FAILED)
+# Conditions about the pod that runs: when none runs (finished, suspended), they no longer apply.
+POD_CONDITIONS = ("KernelReady", "McpServersReady")
 
 
 @dataclass
@@ -61,7 +73,31 @@ class AgentPlan:
     create_children: list[JSON] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
     status: AgentStatus = field(default_factory=AgentStatus)
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """The Agent's pods by attempt number, as observed; the current one is the latest."""
+
+    by_number: dict[int, JSON]
+    number: int
+    current: JSON | None
+    pod_phase: str
+    failed: int
+
+
+@dataclass
+class PodStep:
+    """What the pods call for next, and the phase, message and conditions that follow."""
+
+    phase: AgentPhase
+    message: str
+    conditions: list[Condition] = field(default_factory=list)
+    create_attempt: int | None = None
+    delete_pods: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
 
 
@@ -74,11 +110,16 @@ def _container(pod: JSON, name: str) -> JSON:
     return next((c for c in _statuses(pod) if c.get("name") == name), {})
 
 
+def _pod_phase(pod: JSON | None) -> str | None:
+    return ((pod or {}).get("status") or {}).get("phase")
+
+
 def _waiting_problem(pod: JSON) -> tuple[str, str] | None:
     """(reason, message) for a container that cannot start, named for a person to act on."""
+    spec = pod.get("spec") or {}
     images = {
         c["name"]: c.get("image", "")
-        for c in (pod["spec"].get("initContainers") or []) + pod["spec"].get("containers", [])
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
     }
     for c in _statuses(pod):
         waiting = (c.get("state") or {}).get("waiting") or {}
@@ -101,7 +142,7 @@ def _failure(pod: JSON) -> tuple[str, str]:
     if st.get("reason") == "DeadlineExceeded":
         return "DeadlineExceeded", (
             f"pod {pod['metadata']['name']} ran longer than timeoutSeconds "
-            f"({pod['spec'].get('activeDeadlineSeconds')}s)"
+            f"({(pod.get('spec') or {}).get('activeDeadlineSeconds')}s)"
         )
     for c in _statuses(pod):
         term = (c.get("state") or {}).get("terminated") or {}
@@ -109,7 +150,7 @@ def _failure(pod: JSON) -> tuple[str, str]:
             return "OOMKilled", (
                 f"container {c['name']} ran out of memory: raise spec.resources.limits.memory"
             )
-    agent = (_container(pod, "agent").get("state") or {}).get("terminated") or {}
+    agent = (_container(pod, AGENT_CONTAINER).get("state") or {}).get("terminated") or {}
     if agent:
         return "AgentFailed", f"the agent exited with code {agent.get('exitCode')}"
     return st.get("reason") or "PodFailed", st.get(
@@ -118,260 +159,354 @@ def _failure(pod: JSON) -> tuple[str, str]:
 
 
 def compute_agent_plan(
-    body: JSON,
-    pods: list[JSON],
+    agent: Agent,
+    pods: Sequence[JSON],
     now: datetime,
     *,
     share: AgentLimits | None = None,
     missing: tuple[str, str] | None = None,
     stall_after: timedelta = timedelta(seconds=60),
+    conflicts: Mapping[str, str] = NO_CONFLICTS,
 ) -> AgentPlan:
-    agent = Agent.model_validate(body)
-    meta = body["metadata"]
-    name = meta["name"]
-    generation = meta.get("generation")
+    """The next pod, children and status of `agent`, from its pods as observed.
+
+    `share` is the session's share of rate and budget for it; `missing` a Secret or
+    ConfigMap its pod needs and cannot have; `conflicts` the children whose names
+    another object holds (child object name -> why), refused rather than created.
+    """
     prev = agent.status or AgentStatus()
-    spec = agent.spec
-    plan = AgentPlan()
-
-    def cond(type_: str, ok: bool, reason: str, message: str = "") -> Condition:
-        return make_condition(type_, ok, reason, message, now=now, generation=generation)
-
-    by_attempt = {a: p for p in pods if (a := attempt_of(p["metadata"]["name"], name)) is not None}
-    current_attempt = max(by_attempt, default=0)
-    current = by_attempt.get(current_attempt)
-    pod_phase = ((current or {}).get("status") or {}).get("phase", "Pending")
-    failed_attempts = sum(
-        1 for p in by_attempt.values() if (p.get("status") or {}).get("phase") == "Failed"
-    )
-    attempts = max(current_attempt, prev.attempts or 0)
-    run = prev.run
-    workspace_failure = (
-        run.workspace
-        if run and run.workspace and run.workspace.state == WorkspaceState.FAILED
-        else None
-    )
-    conditions: list[Condition] = []
-    phase = prev.phase or AgentPhase.PENDING
-    message = prev.message or ""
-    start_time, completion = prev.start_time, prev.completion_time
-
-    if phase in (AgentPhase.SUCCEEDED, AgentPhase.FAILED):
-        pass  # terminal: nothing more to run
-    elif spec.suspend:
-        plan.delete_pods = [
-            p["metadata"]["name"]
-            for p in by_attempt.values()
-            if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")
-            and not p["metadata"].get("deletionTimestamp")
-        ]
-        phase, message = AgentPhase.SUSPENDED, "suspended: no pod runs"
-        conditions += [cond("Progressing", False, "Suspended", message)]
-    elif current is not None and current["metadata"].get("deletionTimestamp"):
-        message = f"waiting for pod {current['metadata']['name']} to terminate"
-        plan.requeue_after = 1
-    elif (
-        current is not None
-        and workspace_failure is not None
-        and (
-            pod_phase == "Succeeded"
-            or (pod_phase == "Failed" and workspace_failure.reason in PERMANENT_WORKSPACE_FAILURES)
-        )
-    ):
-        reason = workspace_failure.reason or "WorkspaceFailed"
-        phase, message = AgentPhase.FAILED, f"{reason}: {workspace_failure.message}"
-        conditions += [
-            cond("Failed", True, reason, message),
-            cond("Succeeded", False, reason),
-            cond("Progressing", False, "Failed"),
-        ]
-    elif current is not None and pod_phase == "Succeeded":
-        phase, message = AgentPhase.SUCCEEDED, f"all tasks done in attempt {current_attempt}"
-        conditions += [
-            cond("Succeeded", True, "AllTasksSucceeded", message),
-            cond("Failed", False, "Succeeded"),
-            cond("Progressing", False, "Succeeded"),
-        ]
-    elif current is not None and pod_phase == "Failed" and failed_attempts > spec.backoff_limit:
-        reason, detail = _failure(current)
-        last_error = (
-            next(
-                (
-                    t.error
-                    for t in reversed(run.tasks or [])
-                    if t.state == TaskState.FAILED and t.error
-                ),
-                None,
-            )
-            if run
-            else None
-        )
-        message = (
-            f"{failed_attempts} attempts failed (backoffLimit {spec.backoff_limit}); last: {detail}"
-            + (f"; task error: {last_error}" if last_error else "")
-        )
-        phase = AgentPhase.FAILED
-        conditions += [
-            cond(
-                "Failed", True, "BackoffLimitExceeded" if failed_attempts > 1 else reason, message
-            ),
-            cond("Succeeded", False, reason),
-            cond("Progressing", False, "Failed"),
-        ]
-    elif missing is not None and (current is None or pod_phase == "Failed"):
-        reason, message = missing
-        phase = AgentPhase.PENDING
-        conditions += [
-            cond("PodScheduled", False, reason, message),
-            cond("Progressing", False, reason, message),
-        ]
-        plan.requeue_after = 5
-    elif current is None or pod_phase == "Failed":
-        # Never reuse a number: a pod deleted on suspend leaves only status.attempts.
-        plan.create_attempt = max(current_attempt, prev.attempts or 0) + 1
-        attempts = plan.create_attempt
-        if current is not None:
-            reason, detail = _failure(current)
-            plan.events.append(
-                (
-                    "Warning",
-                    reason,
-                    f"attempt {current_attempt} failed: {detail}; "
-                    f"starting attempt {plan.create_attempt}",
-                )
-            )
-        plan.events.append(("Normal", "PodCreated", f"starting attempt {plan.create_attempt}"))
-        phase, message = AgentPhase.PENDING, f"starting attempt {plan.create_attempt}"
-        conditions += [cond("PodScheduled", False, "PodCreated", message)]
-        start_time = start_time or now
-    else:
-        pod_status = current.get("status") or {}
-        scheduled = any(
-            c.get("type") == "PodScheduled" and c.get("status") == "True"
-            for c in pod_status.get("conditions") or []
-        )
-        conditions.append(
-            cond(
-                "PodScheduled",
-                scheduled,
-                "Scheduled" if scheduled else "Unschedulable",
-                f"pod {current['metadata']['name']}"
-                + (f" on node {current['spec'].get('nodeName')}" if scheduled else ""),
-            )
-        )
-        problem = _waiting_problem(current)
-        kernel = _container(current, "kernel")
-        kernel_ready = bool(kernel.get("started")) and "running" in (kernel.get("state") or {})
-        if problem:
-            conditions.append(cond("KernelReady", False, problem[0], problem[1]))
-            phase, message = AgentPhase.PENDING, problem[1]
-        else:
-            conditions.append(
-                cond(
-                    "KernelReady",
-                    kernel_ready,
-                    "KernelStarted" if kernel_ready else "KernelStarting",
-                )
-            )
-            phase = AgentPhase.RUNNING if pod_phase == "Running" else AgentPhase.PENDING
-            message = f"attempt {current_attempt}: " + (
-                f"working on {run.current_task} ({run.progress})"
-                if run and run.current_task
-                else pod_phase.lower()
-            )
-        heartbeat = run.last_heartbeat_time if run else None
-        if phase == AgentPhase.RUNNING and kernel_ready:
-            since = heartbeat or _started_at(kernel) or now
-            stalled = now - since > stall_after
-            conditions.append(
-                cond(
-                    "Stalled",
-                    stalled,
-                    "NoHeartbeat" if stalled else "Heartbeat",
-                    f"no report from the kernel for {int((now - since).total_seconds())}s"
-                    if stalled
-                    else "",
-                )
-            )
-            plan.requeue_after = stall_after.total_seconds()
-        if phase == AgentPhase.RUNNING and spec.mcp_servers:
-            status, reason, detail = mcp_servers_readiness(
-                spec.mcp_servers, run.mcp_servers if run else None
-            )
-            conditions.append(
-                make_condition(
-                    "McpServersReady", status, reason, detail, now=now, generation=generation
-                )
-            )
-        conditions.append(
-            cond(
-                "Progressing",
-                phase == AgentPhase.RUNNING,
-                "Running" if phase == AgentPhase.RUNNING else "Starting",
-                message,
-            )
-        )
-
-    terminal = phase in (AgentPhase.SUCCEEDED, AgentPhase.FAILED)
-    if terminal and completion is None:
-        completion = now
-    limits = _effective_limits(share or spec.limits, prev)
-    spawn = compute_spawn_plan(body, limits)
-    plan.create_children = spawn.create
-    plan.events += spawn.events
-    limits = _effective_limits(share or spec.limits, prev, spawn.results)
-    refused = [r for r in spawn.results if not r.accepted]
-    if spawn.results:
-        conditions.append(
-            cond(
-                "SpawnRefused",
-                bool(refused),
-                (refused[-1].reason or "Refused").split(":", 1)[0] if refused else "NoRefusals",
-                f"{len(refused)} of {len(spawn.results)} spawn requests refused"
-                + (f"; last: {refused[-1].reason}" if refused else ""),
-            )
-        )
-    plan.status = AgentStatus(
-        observed_generation=generation,
-        phase=phase,
-        conditions=merge_conditions(prev.conditions, conditions),
-        limits=limits,
-        pod_name=(
-            f"{name}-{plan.create_attempt}"
-            if plan.create_attempt
-            else (current["metadata"]["name"] if current else prev.pod_name)
+    stamp = ConditionStamp(now, agent.metadata.generation)
+    attempts = observe_attempts(name_of(agent), pods)
+    step = compute_pod_step(agent, attempts, stamp, missing=missing, stall_after=stall_after)
+    base = share or agent.spec.limits
+    spawn = compute_spawn_plan(agent, _effective_limits(base, prev), conflicts)
+    conditions = [*step.conditions, *compute_spawn_conditions(spawn.results, stamp)]
+    return AgentPlan(
+        create_attempt=step.create_attempt,
+        create_children=spawn.create,
+        delete_pods=step.delete_pods,
+        status=compute_agent_status(
+            agent,
+            attempts,
+            step,
+            conditions,
+            limits=_effective_limits(base, prev, spawn.results),
+            spawn_results=spawn.results,
+            now=now,
         ),
-        attempts=attempts or None,
-        spawn_results=spawn.results or None,
-        start_time=start_time,
-        completion_time=completion,
-        message=truncate(message),
+        events=[
+            *step.events,
+            *spawn.events,
+            *compute_agent_events(prev, step.phase, step.message, conditions),
+        ],
+        requeue_after=step.requeue_after,
     )
+
+
+def observe_attempts(name: str, pods: Sequence[JSON]) -> Attempts:
+    """The pods named `<name>-<n>`: a restarted operator counts the same attempts."""
+    by_number = {a: p for p in pods if (a := attempt_of(p["metadata"]["name"], name)) is not None}
+    number = max(by_number, default=0)
+    current = by_number.get(number)
+    return Attempts(
+        by_number=by_number,
+        number=number,
+        current=current,
+        pod_phase=_pod_phase(current) or "Pending",
+        failed=sum(1 for p in by_number.values() if _pod_phase(p) == "Failed"),
+    )
+
+
+def compute_pod_step(
+    agent: Agent,
+    attempts: Attempts,
+    stamp: ConditionStamp,
+    *,
+    missing: tuple[str, str] | None,
+    stall_after: timedelta,
+) -> PodStep:
+    """The Agent's phase from its latest pod, and what to do about the pods."""
+    prev = agent.status or AgentStatus()
+    phase = prev.phase or AgentPhase.PENDING
+    current, pod_phase = attempts.current, attempts.pod_phase
+    if phase in TERMINAL:
+        return PodStep(phase, prev.message or "")  # nothing more to run
+    if agent.spec.suspend:
+        return compute_suspended(attempts, stamp)
+    if current is not None:
+        failure = _workspace_failure(prev)
+        if current["metadata"].get("deletionTimestamp"):
+            message = f"waiting for pod {current['metadata']['name']} to terminate"
+            return PodStep(phase, message, requeue_after=1)
+        if failure is not None and (
+            pod_phase == "Succeeded"
+            or (pod_phase == "Failed" and failure.reason in PERMANENT_WORKSPACE_FAILURES)
+        ):
+            return compute_workspace_failed(failure, stamp)
+        if pod_phase == "Succeeded":
+            return compute_succeeded(attempts.number, stamp)
+        if pod_phase == "Failed" and attempts.failed > agent.spec.backoff_limit:
+            return compute_backoff_exceeded(agent, attempts.failed, current, stamp)
+    if missing is not None and (current is None or pod_phase == "Failed"):
+        return compute_blocked(missing, stamp)
+    if current is None or pod_phase == "Failed":
+        return compute_next_attempt(prev, attempts, stamp)
+    return compute_running(agent, attempts.number, current, stamp, stall_after)
+
+
+def compute_suspended(attempts: Attempts, stamp: ConditionStamp) -> PodStep:
+    """Suspended: the live pods go (a terminating one is already going)."""
+    message = "suspended: no pod runs"
+    return PodStep(
+        AgentPhase.SUSPENDED,
+        message,
+        [stamp.make("Progressing", False, "Suspended", message)],
+        delete_pods=[
+            p["metadata"]["name"]
+            for p in attempts.by_number.values()
+            if _pod_phase(p) in (None, "Pending", "Running")
+            and not p["metadata"].get("deletionTimestamp")
+        ],
+    )
+
+
+def compute_workspace_failed(failure: WorkspaceStatus, stamp: ConditionStamp) -> PodStep:
+    """Failed for a workspace failure another attempt would meet again, or for work done
+    but not delivered."""
+    reason = failure.reason or "WorkspaceFailed"
+    message = f"{reason}: {failure.message}"
+    return PodStep(
+        AgentPhase.FAILED,
+        message,
+        [
+            stamp.make("Failed", True, reason, message),
+            stamp.make("Succeeded", False, reason),
+            stamp.make("Progressing", False, "Failed"),
+        ],
+    )
+
+
+def compute_succeeded(attempt: int, stamp: ConditionStamp) -> PodStep:
+    message = f"all tasks done in attempt {attempt}"
+    return PodStep(
+        AgentPhase.SUCCEEDED,
+        message,
+        [
+            stamp.make("Succeeded", True, "AllTasksSucceeded", message),
+            stamp.make("Failed", False, "Succeeded"),
+            stamp.make("Progressing", False, "Succeeded"),
+        ],
+    )
+
+
+def compute_backoff_exceeded(
+    agent: Agent, failed: int, current: JSON, stamp: ConditionStamp
+) -> PodStep:
+    """Failed once more attempts failed than `backoffLimit` allows: the last one says why."""
+    limit = agent.spec.backoff_limit
+    reason, detail = _failure(current)
+    last_error = _last_task_error(agent.status.run if agent.status else None)
+    message = f"{failed} attempts failed (backoffLimit {limit}); last: {detail}" + (
+        f"; task error: {last_error}" if last_error else ""
+    )
+    return PodStep(
+        AgentPhase.FAILED,
+        message,
+        [
+            stamp.make("Failed", True, "BackoffLimitExceeded" if failed > 1 else reason, message),
+            stamp.make("Succeeded", False, reason),
+            stamp.make("Progressing", False, "Failed"),
+        ],
+    )
+
+
+def compute_blocked(missing: tuple[str, str], stamp: ConditionStamp) -> PodStep:
+    """No pod while a Secret or ConfigMap it needs is missing: it would not start."""
+    reason, message = missing
+    return PodStep(
+        AgentPhase.PENDING,
+        message,
+        [
+            stamp.make("PodScheduled", False, reason, message),
+            stamp.make("Progressing", False, reason, message),
+        ],
+        requeue_after=5,
+    )
+
+
+def compute_next_attempt(prev: AgentStatus, attempts: Attempts, stamp: ConditionStamp) -> PodStep:
+    """The next attempt's pod, after none or a failed one."""
+    # Never reuse a number: a pod deleted on suspend leaves only status.attempts.
+    number = max(attempts.number, prev.attempts or 0) + 1
+    events: list[Event] = []
+    if attempts.current is not None:
+        reason, detail = _failure(attempts.current)
+        events.append(
+            (
+                "Warning",
+                reason,
+                f"attempt {attempts.number} failed: {detail}; starting attempt {number}",
+            )
+        )
+    events.append(("Normal", "PodCreated", f"starting attempt {number}"))
+    message = f"starting attempt {number}"
+    return PodStep(
+        AgentPhase.PENDING,
+        message,
+        [stamp.make("PodScheduled", False, "PodCreated", message)],
+        create_attempt=number,
+        events=events,
+    )
+
+
+def compute_running(
+    agent: Agent, attempt: int, current: JSON, stamp: ConditionStamp, stall_after: timedelta
+) -> PodStep:
+    """A pod that runs or is starting: its scheduling, its kernel, and what the kernel says."""
+    run = agent.status.run if agent.status else None
+    pod_phase = _pod_phase(current) or "Pending"
+    kernel = _container(current, KERNEL_CONTAINER)
+    kernel_ready = bool(kernel.get("started")) and "running" in (kernel.get("state") or {})
+    problem = _waiting_problem(current)
+    if problem:
+        step = PodStep(AgentPhase.PENDING, problem[1])
+        kernel_condition = stamp.make("KernelReady", False, problem[0], problem[1])
+    else:
+        phase = AgentPhase.RUNNING if pod_phase == "Running" else AgentPhase.PENDING
+        doing = (
+            f"working on {run.current_task} ({run.progress})"
+            if run and run.current_task
+            else pod_phase.lower()
+        )
+        step = PodStep(phase, f"attempt {attempt}: {doing}")
+        reason = "KernelStarted" if kernel_ready else "KernelStarting"
+        kernel_condition = stamp.make("KernelReady", kernel_ready, reason)
+    step.conditions += [compute_pod_scheduled(current, stamp), kernel_condition]
+    running = step.phase == AgentPhase.RUNNING
+    if running and kernel_ready:
+        since = (run.last_heartbeat_time if run else None) or _started_at(kernel) or stamp.now
+        step.conditions.append(compute_stalled(since, stall_after, stamp))
+        step.requeue_after = stall_after.total_seconds()
+    if running and agent.spec.mcp_servers:
+        status, reason, detail = mcp_servers_readiness(
+            agent.spec.mcp_servers, run.mcp_servers if run else None
+        )
+        step.conditions.append(stamp.make("McpServersReady", status, reason, detail))
+    step.conditions.append(
+        stamp.make("Progressing", running, "Running" if running else "Starting", step.message)
+    )
+    return step
+
+
+def compute_pod_scheduled(pod: JSON, stamp: ConditionStamp) -> Condition:
+    scheduled = any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+    return stamp.make(
+        "PodScheduled",
+        scheduled,
+        "Scheduled" if scheduled else "Unschedulable",
+        f"pod {pod['metadata']['name']}"
+        + (f" on node {(pod.get('spec') or {}).get('nodeName')}" if scheduled else ""),
+    )
+
+
+def compute_stalled(since: datetime, stall_after: timedelta, stamp: ConditionStamp) -> Condition:
+    """Stalled when the running kernel has not reported for longer than `stall_after`."""
+    silent = stamp.now - since
+    if silent > stall_after:
+        message = f"no report from the kernel for {int(silent.total_seconds())}s"
+        return stamp.make("Stalled", True, "NoHeartbeat", message)
+    return stamp.make("Stalled", False, "Heartbeat")
+
+
+def compute_spawn_conditions(results: list[SpawnResult], stamp: ConditionStamp) -> list[Condition]:
+    """SpawnRefused, once the agent has asked to spawn: the last refusal's reason."""
+    if not results:
+        return []
+    refused = [r for r in results if not r.accepted]
+    reason = (refused[-1].reason or "Refused").split(":", 1)[0] if refused else "NoRefusals"
+    message = f"{len(refused)} of {len(results)} spawn requests refused" + (
+        f"; last: {refused[-1].reason}" if refused else ""
+    )
+    return [stamp.make("SpawnRefused", bool(refused), reason, message)]
+
+
+def compute_agent_status(
+    agent: Agent,
+    attempts: Attempts,
+    step: PodStep,
+    conditions: list[Condition],
+    *,
+    limits: AgentLimits | None,
+    spawn_results: list[SpawnResult],
+    now: datetime,
+) -> AgentStatus:
+    """The operator's part of the status (never `run`, the kernel's)."""
+    prev = agent.status or AgentStatus()
+    pod: str | None = prev.pod_name
+    if step.create_attempt:
+        pod = pod_name(name_of(agent), step.create_attempt)
+    elif attempts.current:
+        pod = attempts.current["metadata"]["name"]
+    stale = compute_stale_conditions(step.phase, conditions)
+    return AgentStatus(
+        observed_generation=agent.metadata.generation,
+        phase=step.phase,
+        conditions=merge_conditions(drop_conditions(prev.conditions, stale), conditions),
+        limits=limits,
+        pod_name=pod,
+        attempts=step.create_attempt or max(attempts.number, prev.attempts or 0) or None,
+        spawn_results=spawn_results or None,
+        start_time=prev.start_time or (now if step.create_attempt else None),
+        completion_time=prev.completion_time or (now if step.phase in TERMINAL else None),
+        message=truncate(step.message),
+    )
+
+
+def compute_stale_conditions(phase: AgentPhase, conditions: list[Condition]) -> set[str]:
+    """Condition types that no longer apply: `Stalled` whenever it was not computed now
+    (only a running kernel is watched for silence), and the pod's conditions once no pod
+    runs (the Agent finished or is suspended)."""
+    stale = {"Stalled"} - {c.type for c in conditions}
+    if phase in (*TERMINAL, AgentPhase.SUSPENDED):
+        stale.update(POD_CONDITIONS)
+    return stale
+
+
+def compute_agent_events(
+    prev: AgentStatus, phase: AgentPhase, message: str, conditions: list[Condition]
+) -> list[Event]:
+    """Events on transitions only: the phase, and conditions a person should act on."""
+    events: list[Event] = []
     # A new Agent's first Pending says nothing PodCreated does not: no Event for it.
     if prev.phase != phase and not (prev.phase is None and phase == AgentPhase.PENDING):
         kind = "Warning" if phase == AgentPhase.FAILED else "Normal"
-        plan.events.append((kind, f"Agent{phase.value}", message))
+        events.append((kind, f"Agent{phase.value}", message))
     before = {c.type: (c.status, c.reason) for c in prev.conditions or []}
     for c in conditions:
         bad = (
             c.type in ("KernelReady", "PodScheduled")
             and c.status == "False"
-            and c.reason in (*WARN_REASONS,)
+            and c.reason in WARN_REASONS
         ) or (c.type == "Stalled" and c.status == "True")
         bad = bad or (c.type == "McpServersReady" and c.status == "False")
         if bad and before.get(c.type) != (c.status, c.reason):
-            plan.events.append(("Warning", c.reason, c.message))
-    return plan
+            events.append(("Warning", c.reason, c.message))
+    return events
 
 
-def refuse_conflicting_child(plan: AgentPlan, child: str, why: str) -> None:
-    """Turn an accepted spawn into a refusal when its name belongs to another object."""
-    for i, result in enumerate(plan.status.spawn_results or []):
-        if result.accepted and result.agent == child:
-            (plan.status.spawn_results or [])[i] = SpawnResult(
-                id=result.id, accepted=False, reason=f"NameConflict: {why}"
-            )
-            plan.events.append(("Warning", "SpawnRefused", f"spawn request {result.id}: {why}"))
+def _workspace_failure(status: AgentStatus) -> WorkspaceStatus | None:
+    ws = status.run.workspace if status.run else None
+    return ws if ws is not None and ws.state == WorkspaceState.FAILED else None
+
+
+def _last_task_error(run: RunStatus | None) -> str | None:
+    tasks = run.tasks if run else None
+    return next(
+        (t.error for t in reversed(tasks or []) if t.state == TaskState.FAILED and t.error), None
+    )
 
 
 def _effective_limits(

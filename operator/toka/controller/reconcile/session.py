@@ -7,17 +7,25 @@ deterministic names, creates nothing twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from toka.api.conditions import Condition, make_condition, merge_conditions, truncate
+from toka.api.conditions import (
+    Condition,
+    ConditionStamp,
+    find_condition,
+    merge_conditions,
+    truncate,
+)
 from toka.api.models import (
     Agent,
     AgentCounts,
     AgentLimits,
     AgentPhase,
     AgentSession,
+    AgentSessionSpec,
     AgentSessionStatus,
     AgentTemplate,
     Budget,
@@ -32,10 +40,13 @@ from toka.api.models import (
     WorkspaceStatus,
 )
 from toka.controller.builders.agent import build_agent
+from toka.controller.builders.meta import name_of
 from toka.controller.reconcile.dag import dependents, find_cycle
 
 JSON = dict[str, Any]
+Event = tuple[str, str, str]
 TERMINAL = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
+FINISHED_MEMBERS = (MemberPhase.SUCCEEDED, MemberPhase.FAILED, MemberPhase.SKIPPED)
 HANDOFF_LIMIT = 1024
 
 
@@ -56,7 +67,7 @@ class SessionPlan:
     shares: dict[str, AgentLimits] = field(default_factory=dict)
     delete_pods: bool = False
     status: AgentSessionStatus = field(default_factory=AgentSessionStatus)
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     # Set once the session succeeded and has no result yet: the I/O layer merges these.
     result_inputs: list[ResultInput] = field(default_factory=list)
@@ -69,7 +80,7 @@ def result_of(agent: Agent | None) -> WorkspaceStatus | None:
     return ws if ws is not None and ws.result is not None and ws.base is not None else None
 
 
-def handoff_for(template: AgentTemplate, observed: dict[str, Agent]) -> list[HandoffEntry]:
+def handoff_for(template: AgentTemplate, observed: Mapping[str, Agent]) -> list[HandoffEntry]:
     """Each dependency's task summaries, joined and cut to the schema's 1 KiB."""
     entries = []
     for dep in template.depends_on or []:
@@ -104,292 +115,396 @@ def _tasks_done(agent: Agent) -> int:
     return sum(1 for t in (run.tasks or []) if t.state == TaskState.SUCCEEDED) if run else 0
 
 
-def compute_session_plan(body: JSON, observed: dict[str, Agent], now: datetime) -> SessionPlan:
+@dataclass(frozen=True)
+class SessionFacts:
+    """What the observed Agents and the clock say, before anything is decided."""
+
+    phases: dict[str, AgentPhase]
+    succeeded: set[str]
+    failed: set[str]
+    active: set[str]
+    skipped: set[str]
+    usage: Usage
+    start_time: datetime | None
+    budget_exceeded: bool
+    deadline_exceeded: bool
+    fail_fast: bool
+    finished_before: bool
+    # Succeeded agents whose result has not been reported yet, where results flow.
+    awaiting: set[str]
+
+    @property
+    def stop_all(self) -> bool:
+        return self.deadline_exceeded or self.fail_fast or self.finished_before
+
+
+def compute_session_plan(
+    session: AgentSession, observed: Mapping[str, Agent], now: datetime
+) -> SessionPlan:
     """`observed` maps the session's agent names (not object names) to their Agents."""
-    session = AgentSession.model_validate(body)
     spec = session.spec
     prev = session.status or AgentSessionStatus()
-    generation = body["metadata"].get("generation")
-    plan = SessionPlan()
-    templates = {a.name: a for a in spec.agents}
+    stamp = ConditionStamp(now, session.metadata.generation)
     deps = {a.name: list(a.depends_on or []) for a in spec.agents}
-
-    def cond(type_: str, ok: bool, reason: str, message: str = "") -> Condition:
-        return make_condition(type_, ok, reason, message, now=now, generation=generation)
-
     cycle = find_cycle(deps)
     if cycle:
-        message = f"dependency cycle: {' → '.join(cycle)}; no agent was created"
-        plan.status = prev.model_copy(
-            update={
-                "observed_generation": generation,
-                "phase": SessionPhase.FAILED,
-                "message": message,
-                "conditions": merge_conditions(
-                    prev.conditions,
-                    [
-                        cond("Ready", False, "InvalidSpec", message),
-                        cond("Progressing", False, "InvalidSpec", message),
-                        cond("Failed", True, "InvalidSpec", message),
-                        cond("Succeeded", False, "InvalidSpec"),
-                    ],
-                ),
-            }
-        )
-        if prev.phase != SessionPhase.FAILED:
-            plan.events.append(("Warning", "InvalidSpec", message))
-        return plan
-
-    phases = {name: _agent_phase(a) for name, a in observed.items()}
-    succeeded = {n for n, p in phases.items() if p == AgentPhase.SUCCEEDED}
-    failed = {n for n, p in phases.items() if p == AgentPhase.FAILED}
-    active = {
-        n
-        for n, p in phases.items()
-        if p in (AgentPhase.PENDING, AgentPhase.RUNNING) and not observed[n].spec.suspend
-    }
-    skipped = dependents(deps, failed) - set(observed)
-
-    usage = Usage()
-    for agent in observed.values():
-        usage = usage + _usage(agent)
-    limit = spec.limits.max_total_tokens
-    budget_exceeded = limit is not None and usage.total >= limit
-    start_time = prev.start_time or (now if observed else None)
-    deadline = spec.limits.active_deadline_seconds
-    deadline_exceeded = bool(
-        deadline and start_time and now >= start_time + timedelta(seconds=deadline)
+        return compute_cycle_failure(prev, cycle, stamp)
+    facts = observe_agents(session, observed, deps, now)
+    plan = SessionPlan()
+    plan.create, plan.events = compute_creations(session, observed, deps, facts)
+    start_time = facts.start_time or (now if plan.create else None)
+    plan.set_suspend = compute_suspends(spec, observed, facts)
+    plan.shares = compute_shares(spec, observed, facts, plan.create)
+    members = [compute_member(t, observed, facts, plan.create) for t in spec.agents]
+    counts = count_members(members, total=len({t.name for t in spec.agents}))
+    phase, reason, message = compute_session_phase(
+        session, facts, counts, members, running=bool(observed or plan.create)
     )
-    fail_fast = spec.failure_policy == FailurePolicy.FAIL_FAST and bool(failed)
-    finished_before = prev.phase in TERMINAL
-    stop_all = deadline_exceeded or fail_fast or finished_before
-
-    # Start what is ready: dependencies succeeded (and their results reported, where
-    # results flow), a free slot, nothing halting.
-    flows = results_flow(spec.workspace)
-    awaiting = {n for n in succeeded if flows and result_of(observed[n]) is None}
-    if not (stop_all or budget_exceeded or spec.suspend):
-        ready = [
-            t
-            for t in spec.agents
-            if t.name not in observed
-            and t.name not in skipped
-            and all(d in succeeded and d not in awaiting for d in deps[t.name])
-        ]
-        ready.sort(key=lambda t: -t.priority)
-        slots = (spec.limits.max_parallel_agents or len(templates)) - len(active)
-        for template in ready[: max(0, slots)]:
-            plan.create.append(build_agent(body, template, handoff_for(template, observed)))
-            plan.events.append(
-                (
-                    "Normal",
-                    "AgentCreated",
-                    f"created agent {template.name} (dependencies: "
-                    f"{', '.join(deps[template.name]) or 'none'})",
-                )
-            )
-            active.add(template.name)
-    if plan.create and start_time is None:
-        start_time = now
-
-    # Pause or stop what runs; resume what the session no longer holds.
-    for name, agent in observed.items():
-        if phases[name] in (AgentPhase.SUCCEEDED, AgentPhase.FAILED):
-            continue
-        want = spec.suspend or stop_all
-        if agent.spec.suspend != want:
-            plan.set_suspend[agent_name(agent)] = want
-
-    # Each running agent's share of the rate and of what is left of the budget.
-    sharing = [n for n in active if n in observed] + [c["spec"]["name"] for c in plan.create]
-    if sharing:
-        rpm = max(1, spec.limits.requests_per_minute // len(sharing))
-        remaining = None if limit is None else max(0, limit - usage.total)
-        for name in sharing:
-            used = _usage(observed[name]).total if name in observed else 0
-            tokens = None if remaining is None else used + remaining // len(sharing)
-            share = AgentLimits(requests_per_minute=rpm, max_tokens=tokens)
-            if name in observed:
-                plan.shares[agent_name(observed[name])] = share
-            else:
-                obj = next(c for c in plan.create if c["spec"]["name"] == name)
-                plan.shares[obj["metadata"]["name"]] = share
-
-    # Members and counts.
-    members: list[Member] = []
-    counts = AgentCounts(total=len(templates))
-    for t in spec.agents:
-        member_agent = observed.get(t.name)
-        created = next((c for c in plan.create if c["spec"]["name"] == t.name), None)
-        if member_agent is not None:
-            mphase = MemberPhase(phases[t.name].value)
-            run = member_agent.status.run if member_agent.status else None
-            progress = run.progress if run and run.progress else f"0/{len(t.tasks)}"
-            obj_name: str | None = agent_name(member_agent)
-        elif t.name in skipped:
-            mphase, progress, obj_name = MemberPhase.SKIPPED, f"0/{len(t.tasks)}", None
-        else:
-            mphase = MemberPhase.PENDING if created else MemberPhase.WAITING
-            progress = f"0/{len(t.tasks)}"
-            obj_name = created["metadata"]["name"] if created else None
-        ws = result_of(member_agent)
-        members.append(
-            Member(
-                name=t.name,
-                phase=mphase,
-                progress=progress,
-                agent=obj_name,
-                result=ws.result if ws else None,
-            )
-        )
-        if mphase in (MemberPhase.WAITING, MemberPhase.PENDING, MemberPhase.SUSPENDED):
-            counts.pending += 1
-        elif mphase == MemberPhase.RUNNING:
-            counts.running += 1
-        elif mphase == MemberPhase.SUCCEEDED:
-            counts.succeeded += 1
-        elif mphase == MemberPhase.FAILED:
-            counts.failed += 1
-        elif mphase == MemberPhase.SKIPPED:
-            counts.skipped += 1
-    total_tasks = sum(len(t.tasks) for t in spec.agents)
-    done_tasks = sum(_tasks_done(a) for a in observed.values())
-
-    # Phase and conditions.
-    all_done = all(
-        m.phase in (MemberPhase.SUCCEEDED, MemberPhase.FAILED, MemberPhase.SKIPPED) for m in members
-    )
-    still_active = any(m.phase in (MemberPhase.PENDING, MemberPhase.RUNNING) for m in members)
-    phase: SessionPhase
-    if finished_before and prev.phase is not None:
-        phase = prev.phase
-        reason = next(
-            (c.reason for c in prev.conditions or [] if c.type == "Failed" and c.status == "True"),
-            "AgentFailed",
-        )
-        message = prev.message or ""
-    elif deadline_exceeded:
-        phase, reason = SessionPhase.FAILED, "DeadlineExceeded"
-        message = (
-            f"the session ran longer than activeDeadlineSeconds ({deadline}s); agents were stopped"
-        )
-    elif fail_fast:
-        phase, reason = SessionPhase.FAILED, "AgentFailed"
-        message = (
-            f"agent {sorted(failed)[0]} failed and failurePolicy is FailFast; "
-            "the others were stopped"
-        )
-    elif all_done:
-        phase = (
-            SessionPhase.SUCCEEDED
-            if counts.failed == 0 and counts.skipped == 0
-            else SessionPhase.FAILED
-        )
-        reason = "AllAgentsSucceeded" if phase == SessionPhase.SUCCEEDED else "AgentFailed"
-        message = (
-            f"{counts.succeeded}/{counts.total} agents succeeded"
-            + (f", {counts.failed} failed: {', '.join(sorted(failed))}" if counts.failed else "")
-            + (f", {counts.skipped} skipped" if counts.skipped else "")
-        )
-    elif budget_exceeded and not still_active:
-        phase, reason = SessionPhase.FAILED, "BudgetExceeded"
-        message = f"the token budget ({limit}) is spent: {usage.total} tokens used"
-    elif spec.suspend:
-        phase, reason, message = SessionPhase.SUSPENDED, "Suspended", "suspended: no agent runs"
-    elif observed or plan.create:
-        phase, reason = SessionPhase.RUNNING, "AgentsRunning"
-        message = f"{counts.running} running, {counts.succeeded}/{counts.total} succeeded"
-    else:
-        phase, reason, message = SessionPhase.PENDING, "Waiting", "no agent started yet"
-
-    terminal = phase in TERMINAL
-    completion = prev.completion_time or (now if terminal else None)
-    conditions = [
-        cond("Ready", True, "Reconciled", "the spec is valid"),
-        cond(
-            "Progressing",
-            phase == SessionPhase.RUNNING,
-            "AgentsRunning" if phase == SessionPhase.RUNNING else phase.value,
-            message,
-        ),
-        cond(
-            "Succeeded",
-            phase == SessionPhase.SUCCEEDED,
-            "AllAgentsSucceeded" if phase == SessionPhase.SUCCEEDED else "NotSucceeded",
-        ),
-        cond(
-            "Failed",
-            phase == SessionPhase.FAILED,
-            reason if phase == SessionPhase.FAILED else "NotFailed",
-            message if phase == SessionPhase.FAILED else "",
-        ),
-        cond(
-            "BudgetExceeded",
-            budget_exceeded,
-            "BudgetExceeded" if budget_exceeded else "WithinBudget",
-            f"{usage.total} of {limit} tokens used" if limit else "no budget set",
-        ),
-        cond(
-            "DeadlineExceeded",
-            deadline_exceeded or reason == "DeadlineExceeded",
-            "DeadlineExceeded" if deadline_exceeded else "WithinDeadline",
-        ),
-    ]
+    completion = prev.completion_time or (now if phase in TERMINAL else None)
     plan.status = AgentSessionStatus(
-        observed_generation=generation,
+        observed_generation=session.metadata.generation,
         phase=phase,
-        progress=f"{done_tasks}/{total_tasks}",
+        progress=f"{sum(_tasks_done(a) for a in observed.values())}/"
+        f"{sum(len(t.tasks) for t in spec.agents)}",
         agents=counts,
         members=members,
-        usage=usage,
-        budget=Budget(
-            limit_tokens=limit,
-            used_tokens=usage.total,
-            remaining_tokens=None if limit is None else max(0, limit - usage.total),
-        ),
+        usage=facts.usage,
+        budget=compute_budget(spec.limits.max_total_tokens, facts.usage),
         start_time=start_time,
         completion_time=completion,
         message=truncate(message),
         result=prev.result,
-        conditions=merge_conditions(prev.conditions, conditions),
+        conditions=merge_conditions(
+            prev.conditions,
+            compute_session_conditions(spec, facts, stamp, phase, reason, message),
+        ),
     )
-    if phase == SessionPhase.SUCCEEDED and prev.result is None and flows:
+    if phase == SessionPhase.SUCCEEDED and prev.result is None and results_flow(spec.workspace):
         plan.result_inputs = result_inputs(spec.agents, deps, observed)
+    plan.events += compute_session_events(prev, members, phase, message)
+    plan.delete_pods, plan.requeue_after = compute_requeue(
+        spec, facts, phase, start_time, completion, now
+    )
+    return plan
 
-    # Events on transitions only.
-    prev_members = {m.name: m.phase for m in prev.members or []}
+
+def compute_cycle_failure(
+    prev: AgentSessionStatus, cycle: list[str], stamp: ConditionStamp
+) -> SessionPlan:
+    """A dependency cycle: the session fails before any agent is created, naming it."""
+    message = f"dependency cycle: {' → '.join(cycle)}; no agent was created"
+    plan = SessionPlan()
+    plan.status = prev.model_copy(
+        update={
+            "observed_generation": stamp.generation,
+            "phase": SessionPhase.FAILED,
+            "message": message,
+            "conditions": merge_conditions(
+                prev.conditions,
+                [
+                    stamp.make("Ready", False, "InvalidSpec", message),
+                    stamp.make("Progressing", False, "InvalidSpec", message),
+                    stamp.make("Failed", True, "InvalidSpec", message),
+                    stamp.make("Succeeded", False, "InvalidSpec"),
+                ],
+            ),
+        }
+    )
+    if prev.phase != SessionPhase.FAILED:
+        plan.events.append(("Warning", "InvalidSpec", message))
+    return plan
+
+
+def observe_agents(
+    session: AgentSession,
+    observed: Mapping[str, Agent],
+    deps: Mapping[str, list[str]],
+    now: datetime,
+) -> SessionFacts:
+    spec = session.spec
+    prev = session.status or AgentSessionStatus()
+    phases = {name: _agent_phase(a) for name, a in observed.items()}
+    failed = {n for n, p in phases.items() if p == AgentPhase.FAILED}
+    succeeded = {n for n, p in phases.items() if p == AgentPhase.SUCCEEDED}
+    usage = Usage()
+    for agent in observed.values():
+        usage = usage + _usage(agent)
+    limit = spec.limits.max_total_tokens
+    start_time = prev.start_time or (now if observed else None)
+    deadline = spec.limits.active_deadline_seconds
+    flows = results_flow(spec.workspace)
+    return SessionFacts(
+        phases=phases,
+        succeeded=succeeded,
+        failed=failed,
+        active={
+            n
+            for n, p in phases.items()
+            if p in (AgentPhase.PENDING, AgentPhase.RUNNING) and not observed[n].spec.suspend
+        },
+        skipped=dependents(deps, failed) - set(observed),
+        usage=usage,
+        start_time=start_time,
+        budget_exceeded=limit is not None and usage.total >= limit,
+        deadline_exceeded=bool(
+            deadline and start_time and now >= start_time + timedelta(seconds=deadline)
+        ),
+        fail_fast=spec.failure_policy == FailurePolicy.FAIL_FAST and bool(failed),
+        finished_before=prev.phase in TERMINAL,
+        awaiting={n for n in succeeded if flows and result_of(observed[n]) is None},
+    )
+
+
+def compute_creations(
+    session: AgentSession,
+    observed: Mapping[str, Agent],
+    deps: Mapping[str, list[str]],
+    facts: SessionFacts,
+) -> tuple[list[JSON], list[Event]]:
+    """Start what is ready: dependencies succeeded (and their results reported, where
+    results flow), a free slot, nothing halting. Higher priority first."""
+    spec = session.spec
+    if facts.stop_all or facts.budget_exceeded or spec.suspend:
+        return [], []
+    ready = [
+        t
+        for t in spec.agents
+        if t.name not in observed
+        and t.name not in facts.skipped
+        and all(d in facts.succeeded and d not in facts.awaiting for d in deps[t.name])
+    ]
+    ready.sort(key=lambda t: -t.priority)
+    total = len({t.name for t in spec.agents})
+    slots = (spec.limits.max_parallel_agents or total) - len(facts.active)
+    create, events = [], []
+    for template in ready[: max(0, slots)]:
+        create.append(build_agent(session, template, handoff_for(template, observed)))
+        events.append(
+            (
+                "Normal",
+                "AgentCreated",
+                f"created agent {template.name} (dependencies: "
+                f"{', '.join(deps[template.name]) or 'none'})",
+            )
+        )
+    return create, events
+
+
+def compute_suspends(
+    spec: AgentSessionSpec, observed: Mapping[str, Agent], facts: SessionFacts
+) -> dict[str, bool]:
+    """Pause or stop what runs; resume what the session no longer holds."""
+    want = spec.suspend or facts.stop_all
+    return {
+        name_of(agent): want
+        for name, agent in observed.items()
+        if facts.phases[name] not in (AgentPhase.SUCCEEDED, AgentPhase.FAILED)
+        and agent.spec.suspend != want
+    }
+
+
+def compute_shares(
+    spec: AgentSessionSpec,
+    observed: Mapping[str, Agent],
+    facts: SessionFacts,
+    create: list[JSON],
+) -> dict[str, AgentLimits]:
+    """Each running agent's share of the rate and of what is left of the budget, by
+    object name."""
+    sharing = [n for n in facts.active if n in observed] + [c["spec"]["name"] for c in create]
+    if not sharing:
+        return {}
+    object_names = {c["spec"]["name"]: c["metadata"]["name"] for c in create}
+    object_names.update((n, name_of(a)) for n, a in observed.items())
+    limit = spec.limits.max_total_tokens
+    rpm = max(1, spec.limits.requests_per_minute // len(sharing))
+    remaining = None if limit is None else max(0, limit - facts.usage.total)
+    shares = {}
+    for name in sharing:
+        used = _usage(observed[name]).total if name in observed else 0
+        tokens = None if remaining is None else used + remaining // len(sharing)
+        shares[object_names[name]] = AgentLimits(requests_per_minute=rpm, max_tokens=tokens)
+    return shares
+
+
+def compute_member(
+    template: AgentTemplate,
+    observed: Mapping[str, Agent],
+    facts: SessionFacts,
+    create: list[JSON],
+) -> Member:
+    """Where one of the session's agents is, as its status lists it."""
+    agent = observed.get(template.name)
+    created = next((c for c in create if c["spec"]["name"] == template.name), None)
+    progress = f"0/{len(template.tasks)}"
+    object_name: str | None
+    if agent is not None:
+        phase = MemberPhase(facts.phases[template.name].value)
+        run = agent.status.run if agent.status else None
+        progress = run.progress if run and run.progress else progress
+        object_name = name_of(agent)
+    elif template.name in facts.skipped:
+        phase, object_name = MemberPhase.SKIPPED, None
+    else:
+        phase = MemberPhase.PENDING if created else MemberPhase.WAITING
+        object_name = created["metadata"]["name"] if created else None
+    ws = result_of(agent)
+    return Member(
+        name=template.name,
+        phase=phase,
+        progress=progress,
+        agent=object_name,
+        result=ws.result if ws else None,
+    )
+
+
+def count_members(members: list[Member], *, total: int) -> AgentCounts:
+    counts = AgentCounts(total=total)
     for m in members:
-        before = prev_members.get(m.name)
-        if before != m.phase and m.phase in (
-            MemberPhase.SUCCEEDED,
-            MemberPhase.FAILED,
-            MemberPhase.SKIPPED,
-        ):
+        if m.phase in (MemberPhase.WAITING, MemberPhase.PENDING, MemberPhase.SUSPENDED):
+            counts.pending += 1
+        elif m.phase == MemberPhase.RUNNING:
+            counts.running += 1
+        elif m.phase == MemberPhase.SUCCEEDED:
+            counts.succeeded += 1
+        elif m.phase == MemberPhase.FAILED:
+            counts.failed += 1
+        elif m.phase == MemberPhase.SKIPPED:
+            counts.skipped += 1
+    return counts
+
+
+def compute_session_phase(
+    session: AgentSession,
+    facts: SessionFacts,
+    counts: AgentCounts,
+    members: list[Member],
+    *,
+    running: bool,
+) -> tuple[SessionPhase, str, str]:
+    """(phase, reason, message): a finished session stays as it ended; otherwise the first
+    of deadline, fail-fast, all done, budget spent, suspended, running, waiting."""
+    prev = session.status or AgentSessionStatus()
+    limits = session.spec.limits
+    if facts.finished_before and prev.phase is not None:
+        failed = find_condition(prev.conditions, "Failed")
+        reason = failed.reason if failed and failed.status == "True" else "AgentFailed"
+        return prev.phase, reason, prev.message or ""
+    if facts.deadline_exceeded:
+        deadline = limits.active_deadline_seconds
+        message = f"the session ran longer than activeDeadlineSeconds ({deadline}s)"
+        return SessionPhase.FAILED, "DeadlineExceeded", f"{message}; agents were stopped"
+    if facts.fail_fast:
+        first = sorted(facts.failed)[0]
+        message = f"agent {first} failed and failurePolicy is FailFast; the others were stopped"
+        return SessionPhase.FAILED, "AgentFailed", message
+    if all(m.phase in FINISHED_MEMBERS for m in members):
+        return compute_finished_phase(counts, facts.failed)
+    still_active = any(m.phase in (MemberPhase.PENDING, MemberPhase.RUNNING) for m in members)
+    if facts.budget_exceeded and not still_active:
+        message = f"the token budget ({limits.max_total_tokens}) is spent"
+        return SessionPhase.FAILED, "BudgetExceeded", f"{message}: {facts.usage.total} tokens used"
+    if session.spec.suspend:
+        return SessionPhase.SUSPENDED, "Suspended", "suspended: no agent runs"
+    if running:
+        message = f"{counts.running} running, {counts.succeeded}/{counts.total} succeeded"
+        return SessionPhase.RUNNING, "AgentsRunning", message
+    return SessionPhase.PENDING, "Waiting", "no agent started yet"
+
+
+def compute_finished_phase(counts: AgentCounts, failed: set[str]) -> tuple[SessionPhase, str, str]:
+    """Every agent succeeded, failed or was skipped: succeeded only if all succeeded."""
+    message = f"{counts.succeeded}/{counts.total} agents succeeded"
+    if counts.failed:
+        message += f", {counts.failed} failed: {', '.join(sorted(failed))}"
+    if counts.skipped:
+        message += f", {counts.skipped} skipped"
+    if counts.failed == 0 and counts.skipped == 0:
+        return SessionPhase.SUCCEEDED, "AllAgentsSucceeded", message
+    return SessionPhase.FAILED, "AgentFailed", message
+
+
+def compute_session_conditions(
+    spec: AgentSessionSpec,
+    facts: SessionFacts,
+    stamp: ConditionStamp,
+    phase: SessionPhase,
+    reason: str,
+    message: str,
+) -> list[Condition]:
+    limit = spec.limits.max_total_tokens
+    running = phase == SessionPhase.RUNNING
+    succeeded = phase == SessionPhase.SUCCEEDED
+    failed = phase == SessionPhase.FAILED
+    over = facts.budget_exceeded
+    return [
+        stamp.make("Ready", True, "Reconciled", "the spec is valid"),
+        stamp.make("Progressing", running, "AgentsRunning" if running else phase.value, message),
+        stamp.make("Succeeded", succeeded, "AllAgentsSucceeded" if succeeded else "NotSucceeded"),
+        stamp.make("Failed", failed, reason if failed else "NotFailed", message if failed else ""),
+        stamp.make(
+            "BudgetExceeded",
+            over,
+            "BudgetExceeded" if over else "WithinBudget",
+            f"{facts.usage.total} of {limit} tokens used" if limit else "no budget set",
+        ),
+        stamp.make(
+            "DeadlineExceeded",
+            facts.deadline_exceeded or reason == "DeadlineExceeded",
+            "DeadlineExceeded" if facts.deadline_exceeded else "WithinDeadline",
+        ),
+    ]
+
+
+def compute_budget(limit: int | None, usage: Usage) -> Budget:
+    return Budget(
+        limit_tokens=limit,
+        used_tokens=usage.total,
+        remaining_tokens=None if limit is None else max(0, limit - usage.total),
+    )
+
+
+def compute_session_events(
+    prev: AgentSessionStatus, members: list[Member], phase: SessionPhase, message: str
+) -> list[Event]:
+    """Events on transitions only: an agent finished or was skipped; the session's phase."""
+    events: list[Event] = []
+    before = {m.name: m.phase for m in prev.members or []}
+    for m in members:
+        if before.get(m.name) != m.phase and m.phase in FINISHED_MEMBERS:
             kind = "Normal" if m.phase == MemberPhase.SUCCEEDED else "Warning"
-            plan.events.append(
+            events.append(
                 (kind, f"Agent{m.phase.value}", f"agent {m.name} {m.phase.value.lower()}")
             )
     if prev.phase != phase:
-        plan.events.append(
-            (
-                "Warning" if phase == SessionPhase.FAILED else "Normal",
-                f"Session{phase.value}",
-                message,
-            )
-        )
+        kind = "Warning" if phase == SessionPhase.FAILED else "Normal"
+        events.append((kind, f"Session{phase.value}", message))
+    return events
 
-    # When to look again even if nothing changes.
-    waits = [2.0] if awaiting else []
+
+def compute_requeue(
+    spec: AgentSessionSpec,
+    facts: SessionFacts,
+    phase: SessionPhase,
+    start_time: datetime | None,
+    completion: datetime | None,
+    now: datetime,
+) -> tuple[bool, float | None]:
+    """(delete the pods now, when to look again even if nothing changes): for a result
+    not reported yet, the deadline, and the time to live of a finished session's pods."""
+    terminal = phase in TERMINAL
+    deadline = spec.limits.active_deadline_seconds
+    waits = [2.0] if facts.awaiting else []
     if deadline and start_time and not terminal:
         waits.append((start_time + timedelta(seconds=deadline) - now).total_seconds())
+    delete_pods = False
     if terminal and spec.ttl_seconds_after_finished is not None and completion is not None:
         expiry = completion + timedelta(seconds=spec.ttl_seconds_after_finished)
         if now >= expiry:
-            plan.delete_pods = True
+            delete_pods = True
         else:
             waits.append((expiry - now).total_seconds())
-    plan.requeue_after = max(0.5, min(waits)) if waits else None
-    return plan
+    return delete_pods, max(0.5, min(waits)) if waits else None
 
 
 def results_flow(workspace: WorkspaceSpec | None) -> bool:
@@ -398,7 +513,9 @@ def results_flow(workspace: WorkspaceSpec | None) -> bool:
 
 
 def result_inputs(
-    templates: list[AgentTemplate], deps: dict[str, list[str]], observed: dict[str, Agent]
+    templates: list[AgentTemplate],
+    deps: Mapping[str, list[str]],
+    observed: Mapping[str, Agent],
 ) -> list[ResultInput]:
     """The results of the agents nothing depends on, in spec order: the session's result."""
     depended_on = {d for ds in deps.values() for d in ds}
@@ -410,13 +527,9 @@ def result_inputs(
         inputs.append(
             ResultInput(
                 agent=t.name,
-                object_name=agent_name(observed[t.name]),
+                object_name=name_of(observed[t.name]),
                 commit=ws.result.commit,
                 base=ws.base,
             )
         )
     return inputs
-
-
-def agent_name(agent: Agent) -> str:
-    return str(agent.metadata.name)
