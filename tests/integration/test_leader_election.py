@@ -238,7 +238,9 @@ async def test_a_leader_that_loses_its_lease_stops_writing_at_once(
     await wait_holder(kube, namespace, identity_of(leader), timeout=30)
     suspended = {"suspend": True, "tasks": [{"name": "t", "description": "x"}]}
     kind = {"apiVersion": "toka.dev/v1alpha1", "kind": "Agent"}
-    await kube.create(AGENTS, {**kind, "metadata": {"name": "before"}, "spec": suspended}, namespace)
+    await kube.create(
+        AGENTS, {**kind, "metadata": {"name": "before"}, "spec": suspended}, namespace
+    )
     await wait_for(
         kube,
         AGENTS,

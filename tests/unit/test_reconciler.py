@@ -7,7 +7,6 @@ conflicts fed back into the plan, the legacy finalizer, and forgetting.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -41,8 +40,8 @@ def session_body(*agents: str) -> JSON:
 
 
 async def settle(reconciler: Reconciler) -> None:
-    """Let the best-effort Event posts finish."""
-    await asyncio.gather(*reconciler._background)
+    """Post the queued Events (no poster runs: the tests call `reconcile` directly)."""
+    await reconciler.flush_events()
 
 
 def writes(kube: FakeKube, *skip: str) -> list[tuple[str, str, str]]:

@@ -89,6 +89,7 @@ log = logging.getLogger("toka.operator")
 # Older operators ran Kopf daemons, which need a finalizer per object; owner
 # references already give garbage collection, so it only delays deletion now.
 LEGACY_FINALIZER = "toka.dev/finalizer"
+MAX_PENDING_EVENTS = 10_000
 
 
 class Kind(StrEnum):
@@ -236,7 +237,8 @@ class Reconciler:
         }
         self.states: dict[Key, ObjectState] = {}
         self._active = dict.fromkeys(Kind, 0)
-        self._background: set[asyncio.Task[None]] = set()
+        # Events wait here for the poster: best effort, never in a reconcile's way.
+        self.events: asyncio.Queue[tuple[JSON, str, str, str]] = asyncio.Queue(MAX_PENDING_EVENTS)
         # Agents a session creates at once: concurrent, but not a thundering herd.
         self._create_slots = asyncio.Semaphore(16)
 
@@ -314,11 +316,7 @@ class Reconciler:
             (Kind.AGENT, self.config.agent_workers),
         ):
             self.metrics.controller.max_concurrent(kind.controller, n)
-        try:
-            await asyncio.gather(*workers, self._report_progress())
-        finally:
-            for task in list(self._background):
-                task.cancel()
+        await asyncio.gather(*workers, self._report_progress(), self._post_events_forever())
 
     async def _report_progress(self, every: float = 1.0) -> None:
         """The queues' in-progress gauges, which only time moves."""
@@ -463,7 +461,7 @@ class Reconciler:
             try:
                 created, _ = await ensure_created(self.kube, AGENTS, manifest)
             except OwnershipConflict as err:
-                await post_event(self.kube, involved(session), "Warning", "NameConflict", str(err))
+                self._post_events(session, [("Warning", "NameConflict", str(err))])
                 return
         # Into the store and the queue now: its pod need not wait for the watch.
         self._put_written(Kind.AGENT, created)
@@ -536,7 +534,7 @@ class Reconciler:
                 return None
             self._put_written(Kind.AGENT, written)
         self._post_events(agent, plan.events)
-        await self._report_denials(agent, state)
+        self._report_denials(agent, state)
         self.metrics.observe_agent(
             ns,
             name,
@@ -591,20 +589,35 @@ class Reconciler:
         )
 
     def _post_events(self, model: Agent | AgentSession, events: list[tuple[str, str, str]]) -> None:
-        """Events are best effort and never hold up a reconcile; posted in order."""
-        if not events:
-            return
+        """Queued for the poster, in order; dropped (and logged) if it is far behind."""
         about = involved(model)
+        for kind, reason, message in events:
+            try:
+                self.events.put_nowait((about, kind, reason, message))
+            except asyncio.QueueFull:
+                log.warning(
+                    "event %s on %s dropped: %d events wait",
+                    reason,
+                    about["metadata"]["name"],
+                    MAX_PENDING_EVENTS,
+                )
 
-        async def post() -> None:
-            for kind, reason, message in events:
-                await post_event(self.kube, about, kind, reason, message)
+    async def _post_events_forever(self) -> None:
+        """One poster, as client-go's event broadcaster: Events take their turn behind
+        the reconciles instead of competing with them for the API server."""
+        while True:
+            about, kind, reason, message = await self.events.get()
+            await post_event(self.kube, about, kind, reason, message)
+            self.events.task_done()
 
-        task = asyncio.create_task(post())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def flush_events(self) -> None:
+        """Post whatever is queued now (for a caller that runs no poster)."""
+        while not self.events.empty():
+            about, kind, reason, message = self.events.get_nowait()
+            await post_event(self.kube, about, kind, reason, message)
+            self.events.task_done()
 
-    async def _report_denials(self, agent: Agent, state: ObjectState) -> None:
+    def _report_denials(self, agent: Agent, state: ObjectState) -> None:
         """Kernels cannot write Events; the operator turns new denials into Warnings."""
         count = _denials(agent)
         seen = state.denials_reported
@@ -612,13 +625,8 @@ class Reconciler:
             state.denials_reported = count
             run = agent.status.run if agent.status else None
             last = run.denials.last if run and run.denials else ""
-            await post_event(
-                self.kube,
-                involved(agent),
-                "Warning",
-                "CapabilityDenied",
-                f"{count - seen} new denial(s), {count} in all; last: {last or ''}",
-            )
+            message = f"{count - seen} new denial(s), {count} in all; last: {last or ''}"
+            self._post_events(agent, [("Warning", "CapabilityDenied", message)])
 
 
 def _pod_parts(pod: JSON) -> JSON:
