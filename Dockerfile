@@ -17,7 +17,10 @@ RUN mkdir -p operator/toka && touch operator/toka/__init__.py \
  && python -m venv /opt/toka \
  && /opt/toka/bin/pip install --no-cache-dir -c constraints.txt .
 COPY operator ./operator
-RUN /opt/toka/bin/pip install --no-cache-dir --no-deps --force-reinstall .
+# Without the first build's tree: setuptools would keep its copy of the empty
+# __init__.py there, which is newer than the real one.
+RUN rm -rf build \
+ && /opt/toka/bin/pip install --no-cache-dir --no-deps --force-reinstall .
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="toka" \

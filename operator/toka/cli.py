@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toka.contract import AGENT_CONTAINER, KERNEL_CONTAINER, PROBE_FLAG, TOOLS_CONTAINER
 
@@ -304,10 +305,12 @@ def _duration(value: str) -> float:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toka", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]  # add_subparsers()'s
 
+
+def _add_crds_command(sub: Subparsers) -> None:
+    """`toka crds`: the CRDs from the API models."""
     crds = sub.add_parser(
         "crds", help="write crds/*.yaml and the Helm chart's copies from the API models"
     )
@@ -315,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
     crds.set_defaults(handler=_cmd_crds)
 
+
+def _add_dev_command(sub: Subparsers) -> None:
+    """`toka dev …`: the local development cluster."""
     dev = sub.add_parser("dev", help="the local development cluster")
     dev.add_argument(
         "--state-dir",
@@ -369,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
     dev.set_defaults(handler=_cmd_dev)
 
+
+def _add_demo_command(sub: Subparsers) -> None:
+    """`toka demo`: the main job, on the dev cluster."""
     demo = sub.add_parser(
         "demo", help="run build-stabilization on the dev cluster and show it (make demo)"
     )
@@ -384,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", default=_default_state_dir(), help="dev cluster state")
     demo.set_defaults(handler=_cmd_demo)
 
+
+def _add_status_command(sub: Subparsers) -> None:
+    """`toka status`: a session's agents and progress."""
     status = sub.add_parser("status", help="show a session's agents and progress")
     status.add_argument("session", nargs="?", default=None, help="default: every session")
     status.add_argument("--namespace", "-n", default="default")
@@ -391,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(status)
     status.set_defaults(handler=_cmd_status)
 
+
+def _add_export_command(sub: Subparsers) -> None:
+    """`toka export`: a session's result, out of the cluster."""
     export = sub.add_parser(
         "export", help="get a session's result from the cluster (no git remote needed)"
     )
@@ -403,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--bundle", metavar="FILE", help="a git bundle with history (git clone it)")
     export.set_defaults(handler=_cmd_export)
 
+
+def _add_record_command(sub: Subparsers) -> None:
+    """`toka record`: a session on a real provider, saved for replay."""
     rec = sub.add_parser(
         "record",
         help="run a session on a real provider; save each agent's turns for provider replay",
@@ -420,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(rec)
     rec.set_defaults(handler=_cmd_record)
 
+
+def _add_operator_command(sub: Subparsers) -> None:
+    """`toka operator`: the operator, with leader election among its replicas."""
     op = sub.add_parser("operator", help="run the operator (one leader among its replicas)")
     op.add_argument(
         "--namespace",
@@ -468,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(op)
     op.set_defaults(handler=_cmd_operator)
 
-    # The agent pod's containers run these (toka.contract): the operator passes the name as args.
+
+def _add_pod_containers_command(sub: Subparsers) -> None:
+    """The agent pod's containers: the operator passes these names as args (toka.contract)."""
     kernel = sub.add_parser(
         KERNEL_CONTAINER, help="the kernel sidecar (in an agent pod); --probe checks it"
     )
@@ -481,10 +504,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tools.add_argument(PROBE_FLAG, action="store_true")
 
+
+def _add_node_agent_command(sub: Subparsers) -> None:
+    """`toka node-agent`: the stand-in dev node."""
     node = sub.add_parser("node-agent", help="run the dev node agent (dev and tests only)")
     node.add_argument("--root", required=True, help="directory for pod volumes and logs")
     add_cluster_arguments(node)
     node.set_defaults(handler=_cmd_node_agent)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toka", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_crds_command(sub)
+    _add_dev_command(sub)
+    _add_demo_command(sub)
+    _add_status_command(sub)
+    _add_export_command(sub)
+    _add_record_command(sub)
+    _add_operator_command(sub)
+    _add_pod_containers_command(sub)
+    _add_node_agent_command(sub)
     return parser
 
 

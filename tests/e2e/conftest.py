@@ -128,8 +128,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def installed(cluster: Cluster) -> Cluster:
     """The chart, installed with helm: CRDs, admission policies, RBAC, the operator."""
     proc = cluster.helm("install", *cluster.install_args(), "--create-namespace")
-    assert proc.returncode == 0, proc.stderr + cluster.kubectl(
-        "get", "pods", "-A", "-o", "wide", check=False
+    assert proc.returncode == 0, (
+        proc.stderr
+        + cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False)
+        + cluster.kubectl(
+            "logs",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--previous",
+            "--tail=40",
+            check=False,
+        )
     )
     return cluster
 

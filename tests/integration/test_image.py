@@ -7,6 +7,8 @@ tests run cannot change what they see.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -89,6 +91,27 @@ def test_the_image_runs_as_user_10001(images: Images, container: str) -> None:
 def test_the_venvs_toka_is_installed_at_opt_toka(container: str) -> None:
     done = run(container, "test", "-x", "/opt/toka/bin/toka")
     assert done.returncode == 0, done.stderr
+
+
+def test_the_image_holds_this_checkouts_code_every_file_of_it(container: str) -> None:
+    # A stale build tree once left an empty toka/__init__.py in the image: every module
+    # is compared, and the operator's entry module imported, as the pod does.
+    listing = (
+        "import hashlib, json, pathlib, toka;"
+        "root = pathlib.Path(toka.__file__).parent;"
+        "print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()"
+        " for p in root.rglob('*.py')}))"
+    )
+    done = run(container, "/opt/toka/bin/python", "-c", listing)
+    assert done.returncode == 0, done.stderr
+    package = REPO / "operator" / "toka"
+    here = {
+        str(p.relative_to(package)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in package.rglob("*.py")
+    }
+    assert json.loads(done.stdout) == here
+    imported = run(container, "/opt/toka/bin/python", "-c", "import toka.controller.main")
+    assert imported.returncode == 0, imported.stderr
 
 
 def test_a_second_call_with_nothing_changed_builds_nothing(context: Path, images: Images) -> None:

@@ -536,3 +536,35 @@ async def test_a_denied_tool_call_shows_in_status_and_as_an_event(
     ]
     assert warnings
     assert "shell:exec:curl" in warnings[-1]["message"]
+
+
+async def test_an_older_operators_finalizer_is_removed_so_deleting_is_not_blocked(
+    kube: AsyncKube, namespace: str, operator: OperatorProcess
+) -> None:
+    legacy = "toka.dev/finalizer"
+    for kind, res, body in (
+        (
+            "Agent",
+            AGENTS,
+            {"spec": {"suspend": True, "tasks": [{"name": "t", "description": "x"}]}},
+        ),
+        ("AgentSession", SESSIONS, session("old", [agent("a")], suspend=True)),
+    ):
+        meta = {"name": "old", "finalizers": [legacy, "example.com/keep"]}
+        await kube.create(
+            res,
+            {**body, "apiVersion": "toka.dev/v1alpha1", "kind": kind, "metadata": meta},
+            namespace,
+        )
+        cleared = await wait_for(
+            kube,
+            res,
+            "old",
+            namespace,
+            lambda o: legacy not in (o["metadata"].get("finalizers") or []),
+            what=f"the {kind}'s old finalizer removed",
+        )
+        assert cleared["metadata"]["finalizers"] == ["example.com/keep"]  # nobody else's
+        await kube.patch(res, "old", {"metadata": {"finalizers": None}}, namespace)
+        await kube.delete(res, "old", namespace)
+        await wait_gone(kube, res, "old", namespace)

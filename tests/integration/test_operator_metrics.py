@@ -50,7 +50,20 @@ def operator_with_metrics(
         kubeconfig,
         namespace,
         tmp_path / "operator.log",
-        ["--metrics-addr", f"127.0.0.1:{port}"],
+        [
+            "--metrics-addr",
+            f"127.0.0.1:{port}",
+            # As the chart runs it; short, so the restarted operator need not wait long.
+            "--leader-elect",
+            "--leader-election-namespace",
+            namespace,
+            "--lease-duration",
+            "4s",
+            "--renew-deadline",
+            "3s",
+            "--retry-period",
+            "500ms",
+        ],
     )
     op.start()
     try:
@@ -72,8 +85,8 @@ async def scrape(url: str) -> Series:
     }
 
 
-def value(series: Series, name: str, **labels: str) -> float | None:
-    return series.get((name, frozenset(labels.items())))
+def value(series: Series, metric: str, /, **labels: str) -> float | None:
+    return series.get((metric, frozenset(labels.items())))
 
 
 async def scrape_until(url: str, expected: dict[tuple[str, frozenset[Any]], float]) -> Series:
@@ -148,6 +161,20 @@ async def test_the_operator_reports_sessions_agents_tokens_and_denials_as_observ
     }
     series = await scrape_until(url, expected)
     assert {k: series.get(k) for k in expected} == expected
+
+    # How it got there, in controller-runtime's names: work done per controller.
+    for controller in ("agent", "agentsession"):
+        done_ok = value(
+            series, "controller_runtime_reconcile_total", controller=controller, result="success"
+        )
+        assert done_ok is not None, controller
+        assert done_ok > 0, controller
+        adds = value(series, "workqueue_adds_total", name=controller, controller=controller)
+        assert adds is not None, controller
+        assert adds >= done_ok, (controller, adds, done_ok)  # each reconcile was queued first
+        assert value(series, "workqueue_depth", name=controller, controller=controller) == 0.0
+    assert value(series, "controller_runtime_max_concurrent_reconciles", controller="agent") == 32.0
+    assert value(series, "leader_election_master_status", name="toka-operator") == 1.0
 
     operator.kill()
     operator.start()

@@ -255,11 +255,7 @@ class Reconciler:
                 self.wake(Kind.SESSION, ns, session)
             return
         try:
-            model: Agent | AgentSession = (
-                Agent.model_validate(body)
-                if kind is Kind.AGENT
-                else AgentSession.model_validate(body)
-            )
+            model = parse(kind, body)
         except ValidationError as err:
             log.warning("%s %s/%s does not parse, not reconciled: %s", kind, ns, name, err)
             return
@@ -407,9 +403,7 @@ class Reconciler:
 
     def _put_written(self, kind: Kind, body: JSON) -> None:
         """What a write returned: newer than the store's copy until the watch says more."""
-        self.store.put(
-            Agent.model_validate(body) if kind is Kind.AGENT else AgentSession.model_validate(body)
-        )
+        self.store.put(parse(kind, body))
 
     # --- sessions ---------------------------------------------------------------------
 
