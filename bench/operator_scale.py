@@ -25,14 +25,17 @@ from toka.api.crdgen import all_crds
 from toka.api.models import Agent
 from toka.controller.builders.pod import (
     PodConfig,
+    build_agent_configmap,
     build_agent_pod,
     build_role,
     build_role_binding,
     build_service_account,
 )
+from toka.controller.io import post_event
 from toka.devcluster.controlplane import ControlPlane
 from toka.kube.client import (
     AGENTS,
+    CONFIGMAPS,
     NAMESPACES,
     PODS,
     ROLEBINDINGS,
@@ -94,6 +97,48 @@ async def raw_client(kube: AsyncKube, ns: str, n: int) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     return time.perf_counter() - started
+
+
+async def raw_every_write(kube: AsyncKube, ns: str, n: int) -> float:
+    """A second baseline: every write the operator makes for an agent, in its order
+    (Agent; ServiceAccount, Role, result ConfigMap; RoleBinding; Pod; then two status
+    writes and two Events), agents concurrently; timed, as the operator is, until the
+    last pod exists. The operator against this is the cost of the control loop alone."""
+    config = PodConfig()
+    last_pod = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal last_pod
+        body = agent_body(ns, i)
+        body["metadata"].pop("uid")
+        created = await kube.create(AGENTS, body, ns)
+        agent = Agent.model_validate(created)
+        await asyncio.gather(
+            kube.create(SERVICEACCOUNTS, build_service_account(agent), ns),
+            kube.create(ROLES, build_role(agent), ns),
+            kube.create(CONFIGMAPS, build_agent_configmap(agent, f"raw-{i}.result"), ns),
+        )
+        await kube.create(ROLEBINDINGS, build_role_binding(agent), ns)
+        await kube.create(PODS, build_agent_pod(agent, 1, config), ns)
+        last_pod = time.perf_counter()
+        for message in ("starting attempt 1", "attempt 1: pending"):
+            status = {"phase": "Pending", "message": message, "attempts": 1}
+            await kube.patch(AGENTS, f"raw-{i}", {"status": status}, ns, sub="status")
+        for reason in ("AgentCreated", "PodCreated"):
+            await post_event(kube, created, "Normal", reason, reason)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return last_pod - started
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def operator_session(kube: AsyncKube, ns: str, n: int) -> float:
@@ -178,9 +223,16 @@ async def main(agents: int, tracked: int) -> None:
     try:
         async with AsyncKube(load_kubeconfig(cp.admin_kubeconfig)) as kube:
             await ensure_crds(kube, all_crds().values())
-            for ns in ("raw", "op", "track"):
+            for ns in ("raw", "every", "op", "track"):
                 await namespace(kube, ns)
+            api = [p.pid for name, p in cp.procs.items() if name in ("etcd", "kube-apiserver")]
+            me = [os.getpid()]
+            api0, me0 = cpu_seconds(api), cpu_seconds(me)
             baseline = await raw_client(kube, "raw", agents)
+            cpu_raw = (cpu_seconds(api) - api0, cpu_seconds(me) - me0)
+            api0, me0 = cpu_seconds(api), cpu_seconds(me)
+            every = await raw_every_write(kube, "every", agents)
+            cpu_every = (cpu_seconds(api) - api0, cpu_seconds(me) - me0)
             op = subprocess.Popen(
                 [
                     sys.executable,
@@ -198,12 +250,27 @@ async def main(agents: int, tracked: int) -> None:
                 env={**os.environ, "KUBECONFIG": str(cp.admin_kubeconfig)},
             )
             await asyncio.sleep(3)  # the operator's start-up is not what is measured
+            api0, op0 = cpu_seconds(api), cpu_seconds([op.pid])
             measured = await operator_session(kube, "op", agents)
+            cpu_op = (cpu_seconds(api) - api0, cpu_seconds([op.pid]) - op0)
             print(
                 f"{agents} agents → pods: raw client {baseline:.2f} s (SA, Role, Binding, Pod), "
                 f"operator {measured:.2f} s from session create (Agents too)"
             )
             print(f"ratio operator/raw {measured / baseline:.2f}x (target ≤ 1.5x)")
+            print(
+                f"raw client making every write the operator makes {every:.2f} s; "
+                f"operator/that {measured / every:.2f}x (the control loop's own cost)"
+            )
+            for what, (api_cpu, client_cpu) in (
+                ("raw client", cpu_raw),
+                ("raw, every write", cpu_every),
+                ("operator", cpu_op),
+            ):
+                print(
+                    f"  CPU, {what}: API server + etcd {api_cpu:.2f} s, "
+                    f"client or operator {client_cpu:.2f} s"
+                )
             before, after, elapsed = await track(kube, "track", tracked, op.pid)
             print(
                 f"operator RSS: {before:.0f} MB idle, {after:.0f} MB tracking {tracked} Agents "
