@@ -115,6 +115,12 @@ TOOLS_EXTRA_PATH_ENV = "TOKA_TOOLS_EXTRA_PATH"
 # --- Environment: a developer's machine (the dev cluster's binaries and images) ---
 CACHE_DIR_ENV = "TOKA_CACHE_DIR"  # default ~/.cache/toka
 
+# --- Environment: the operator's own ---
+# How long each watch stream lasts before the operator opens it again (seconds). A new
+# stream is also where an expired credential is noticed and renewed.
+WATCH_TIMEOUT_ENV = "TOKA_WATCH_TIMEOUT"
+DEFAULT_WATCH_TIMEOUT = 300
+
 # --- Between the kernel and tools ---
 # The kernel's git proxy (tools fetches and pushes through it) and the header carrying
 # the token of GIT_TOKEN_FILE, which tells the proxy a request comes from tools.

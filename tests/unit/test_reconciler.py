@@ -193,3 +193,28 @@ async def test_an_object_gone_while_the_watch_was_down_is_forgotten_at_its_next_
     del kube.objects[("agentsessions", NS, "s")]
     await reconciler.reconcile((Kind.SESSION, NS, "s"))
     assert reconciler.store.sessions == {}
+
+
+async def test_a_restarted_operator_lists_pods_before_it_reconciles_and_starts_no_new_attempt(
+    kube: FakeKube,
+) -> None:
+    status = {"phase": "Pending", "attempts": 1, "podName": "a-1"}
+    stored = kube.add(AGENTS, agent_body(status=status), NS)
+    kube.add(
+        PODS,
+        {
+            "metadata": {
+                "name": "a-1",
+                "labels": {"toka.dev/agent": "a"},
+                "ownerReferences": [{"uid": stored["metadata"]["uid"], "kind": "Agent"}],
+            },
+            "status": {"phase": "Running"},
+        },
+        NS,
+    )
+    reconciler = Reconciler(kube, OperatorConfig(namespaces=(NS,)))
+    reconciler.observe(Kind.AGENT, None, stored)  # the Agent's watch was first; pods not yet
+    await reconciler.sync()
+    await reconciler.reconcile((Kind.AGENT, NS, "a"))
+    assert ("create", "pods", "a-2") not in kube.calls
+    assert [c for c in kube.calls if c[0] == "create"] == []

@@ -80,6 +80,7 @@ def run(
         config or OperatorConfig(),
         pod=replace(pod, image=image) if image else pod,
         metrics_addr=metrics,
+        namespaces=tuple(namespaces),
     )
     stop_flag = stop_flag or threading.Event()
     memo = kopf.Memo(config=config, kube=kube, leader_election=leader_election, stop_flag=stop_flag)

@@ -115,6 +115,8 @@ class OperatorConfig:
     # A safety net only: events and the plans' own deadlines drive reconciles.
     resync_seconds: float = 300.0
     stall_after_seconds: float = 60.0
+    # What the operator watches (and lists when it starts); empty: the whole cluster.
+    namespaces: tuple[str, ...] = ()
     session_workers: int = 8
     agent_workers: int = 32
     # Where the operator serves its Prometheus metrics (`host:port`); None: nowhere.
@@ -134,6 +136,13 @@ class ObjectState:
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _pod_rv(pod: JSON) -> int:
+    try:
+        return int(pod["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _rv(model: Agent | AgentSession) -> int:
@@ -190,7 +199,16 @@ class Store:
         return found
 
     def put_pod(self, ns: str, agent: str, pod: JSON) -> None:
-        self.pods.setdefault((ns, agent), {})[pod["metadata"]["name"]] = pod
+        """Keep `pod` unless the store holds a newer version of it."""
+        pods = self.pods.setdefault((ns, agent), {})
+        held = pods.get(pod["metadata"]["name"])
+        if (
+            held is not None
+            and held["metadata"].get("uid") == pod["metadata"].get("uid")
+            and _pod_rv(held) > _pod_rv(pod)
+        ):
+            return
+        pods[pod["metadata"]["name"]] = pod
 
     def remove_pod(self, ns: str, agent: str, name: str) -> None:
         pods = self.pods.get((ns, agent))
@@ -297,8 +315,24 @@ class Reconciler:
 
     # --- the workers ----------------------------------------------------------------
 
+    async def sync(self) -> None:
+        """List what is watched into the store, so no worker acts on a half-filled one
+        (an Agent whose pods are not yet known would start a new attempt): client-go's
+        wait for the caches to sync. What the watches said meanwhile is kept if newer."""
+        for ns in self.config.namespaces or (None,):
+            for kind in Kind:
+                for item in (await self.kube.list(kind.resource, ns))["items"]:
+                    item.setdefault("apiVersion", kind.resource.api_version)
+                    item.setdefault("kind", kind.value)
+                    self.observe(kind, None, item)
+            pods = await self.kube.list(PODS, ns, label_selector=LABEL_AGENT)
+            for pod in pods["items"]:
+                self.observe_pod(None, pod)
+
     async def run(self) -> None:
-        """Every kind's workers, until cancelled; what the store holds is reconciled first."""
+        """Every kind's workers, until cancelled; the store is synced and all it holds
+        reconciled first."""
+        await self.sync()
         for ns, name in list(self.store.sessions):
             self.wake(Kind.SESSION, ns, name)
         for ns, name in list(self.store.agents):

@@ -5,9 +5,11 @@ filtered pods, short batching, timeouts and retries."""
 from __future__ import annotations
 
 import logging
+import os
 
 import kopf
 
+from toka.contract import DEFAULT_WATCH_TIMEOUT, WATCH_TIMEOUT_ENV
 from toka.controller.builders.names import LABEL_AGENT
 
 
@@ -18,8 +20,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.batching.error_delays = (1, 2, 4, 8, 10)
     settings.networking.error_backoffs = (0.5, 1, 2, 5)
     settings.networking.request_timeout = 60
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    timeout = int(os.environ.get(WATCH_TIMEOUT_ENV) or DEFAULT_WATCH_TIMEOUT)
+    settings.watching.server_timeout = timeout
+    settings.watching.client_timeout = timeout + 30
     settings.watching.connect_timeout = 10
     # Only Toka's pods: a label selector on the watch, not a client-side filter.
     settings.watching.label_selectors["v1", "pods"] = LABEL_AGENT
