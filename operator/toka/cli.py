@@ -119,11 +119,17 @@ def _cmd_node_agent(args: argparse.Namespace) -> int:
 def _cmd_operator(args: argparse.Namespace) -> int:
     from toka.controller.leader import LeaderElection
     from toka.controller.main import LeadershipLost, run
+    from toka.controller.settings import watch_timeout
     from toka.kube.kubeconfig import ConfigError, from_env
 
     try:
         kube = from_env(args.context, args.kubeconfig)
     except ConfigError as err:
+        print(f"toka operator: {err}", file=sys.stderr)
+        return 2
+    try:
+        watch_timeout(os.environ)
+    except ValueError as err:
         print(f"toka operator: {err}", file=sys.stderr)
         return 2
     if args.leader_elect and not args.leader_election_namespace:

@@ -39,6 +39,22 @@ def session_body(*agents: str) -> JSON:
     }
 
 
+def running_pod(kube: FakeKube, agent: JSON) -> JSON:
+    """Attempt 1 of `agent`, running."""
+    return kube.add(
+        PODS,
+        {
+            "metadata": {
+                "name": f"{agent['metadata']['name']}-1",
+                "labels": {"toka.dev/agent": agent["metadata"]["name"]},
+                "ownerReferences": [{"uid": agent["metadata"]["uid"], "kind": "Agent"}],
+            },
+            "status": {"phase": "Running"},
+        },
+        NS,
+    )
+
+
 async def settle(reconciler: Reconciler) -> None:
     """Post the queued Events (no poster runs: the tests call `reconcile` directly)."""
     await reconciler.flush_events()
@@ -139,18 +155,7 @@ async def test_a_taken_child_name_becomes_a_refusal_in_the_next_plan(kube: FakeK
     reconciler = Reconciler(kube, OperatorConfig())
     stored = kube.add(AGENTS, body, NS)
     reconciler.observe(Kind.AGENT, None, stored)
-    pod = kube.add(
-        PODS,
-        {
-            "metadata": {
-                "name": "a-1",
-                "labels": {"toka.dev/agent": "a"},
-                "ownerReferences": [{"uid": stored["metadata"]["uid"], "kind": "Agent"}],
-            },
-            "status": {"phase": "Running"},
-        },
-        NS,
-    )
+    pod = running_pod(kube, stored)
     reconciler.observe_pod(None, pod)
     first = await reconciler.reconcile((Kind.AGENT, NS, "a"))
     assert ("create", "agents", "a-helper") in kube.calls
@@ -200,18 +205,7 @@ async def test_a_restarted_operator_lists_pods_before_it_reconciles_and_starts_n
 ) -> None:
     status = {"phase": "Pending", "attempts": 1, "podName": "a-1"}
     stored = kube.add(AGENTS, agent_body(status=status), NS)
-    kube.add(
-        PODS,
-        {
-            "metadata": {
-                "name": "a-1",
-                "labels": {"toka.dev/agent": "a"},
-                "ownerReferences": [{"uid": stored["metadata"]["uid"], "kind": "Agent"}],
-            },
-            "status": {"phase": "Running"},
-        },
-        NS,
-    )
+    running_pod(kube, stored)
     reconciler = Reconciler(kube, OperatorConfig(namespaces=(NS,)))
     reconciler.observe(Kind.AGENT, None, stored)  # the Agent's watch was first; pods not yet
     await reconciler.sync()

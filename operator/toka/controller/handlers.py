@@ -25,6 +25,7 @@ from toka.controller.login import build_connection_info
 from toka.controller.metrics import OperatorMetrics, serve_metrics
 from toka.controller.reconciler import Kind, OperatorConfig, Reconciler
 from toka.controller.settings import configure
+from toka.kube.client import AsyncKube
 from toka.kube.kubeconfig import from_env
 
 log = logging.getLogger("toka.operator")
@@ -43,7 +44,7 @@ async def on_operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: A
         identity = election.identity or f"{socket.gethostname()}_{os.getpid()}"
         election = replace(election, identity=identity)
         elector = LeaderElector(
-            FencedKube(memo.kube, lambda: True),
+            AsyncKube(memo.kube),
             election,
             on_change=lambda leads: metrics.controller.leader(election.name, leads),
         )

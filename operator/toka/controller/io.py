@@ -57,13 +57,6 @@ async def delete_pod(kube: AsyncKube, name: str, namespace: str) -> None:
     await kube.delete(PODS, name, namespace, propagation="Background")
 
 
-async def list_owned(
-    kube: AsyncKube, res: Resource, namespace: str, selector: str, owner_uid: str
-) -> list[JSON]:
-    listing = await kube.list(res, namespace, label_selector=selector)
-    return [item for item in listing.get("items", []) if owned_by(item, owner_uid)]
-
-
 async def patch_status(
     kube: AsyncKube, res: Resource, name: str, namespace: str, status: JSON
 ) -> JSON | None:

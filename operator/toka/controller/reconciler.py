@@ -138,16 +138,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _pod_rv(pod: JSON) -> int:
+def _resource_version(value: str | None) -> int:
+    """A resourceVersion as a number, to keep the newer of two copies (0: unknown)."""
     try:
-        return int(pod["metadata"].get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-def _rv(model: Agent | AgentSession) -> int:
-    try:
-        return int(model.metadata.resource_version or 0)
+        return int(value or 0)
     except ValueError:
         return 0
 
@@ -167,7 +161,12 @@ class Store:
         key = (meta.namespace or "", meta.name or "")
         objects: dict[NsName, Any] = self.agents if isinstance(model, Agent) else self.sessions
         held = objects.get(key)
-        if held is not None and held.metadata.uid == meta.uid and _rv(held) > _rv(model):
+        if (
+            held is not None
+            and held.metadata.uid == meta.uid
+            and _resource_version(held.metadata.resource_version)
+            > _resource_version(meta.resource_version)
+        ):
             return False
         objects[key] = model
         if isinstance(model, Agent):
@@ -175,6 +174,9 @@ class Store:
             if session:
                 self._session_agents.setdefault((key[0], session), set()).add(key[1])
         return True
+
+    def get(self, kind: Kind, ns: str, name: str) -> Agent | AgentSession | None:
+        return (self.agents if kind is Kind.AGENT else self.sessions).get((ns, name))
 
     def remove(self, kind: Kind, ns: str, name: str) -> Agent | AgentSession | None:
         if kind is Kind.SESSION:
@@ -205,7 +207,8 @@ class Store:
         if (
             held is not None
             and held["metadata"].get("uid") == pod["metadata"].get("uid")
-            and _pod_rv(held) > _pod_rv(pod)
+            and _resource_version(held["metadata"].get("resourceVersion"))
+            > _resource_version(pod["metadata"].get("resourceVersion"))
         ):
             return
         pods[pod["metadata"]["name"]] = pod
@@ -391,17 +394,12 @@ class Reconciler:
 
     def _exists(self, key: Key) -> bool:
         """Whether the key's object is still in the store (gone objects are not resynced)."""
-        kind, ns, name = key
-        return (ns, name) in (self.store.agents if kind is Kind.AGENT else self.store.sessions)
+        return self.store.get(*key) is not None
 
     async def reconcile(self, key: Key) -> float | None:
         """One reconcile of one object; seconds until it wants another, if it does."""
-        kind, ns, name = key
-        model: Agent | AgentSession | None = (
-            self.store.agents.get((ns, name))
-            if kind is Kind.AGENT
-            else self.store.sessions.get((ns, name))
-        )
+        kind = key[0]
+        model = self.store.get(*key)
         if model is None:
             return None
         if LEGACY_FINALIZER in (model.metadata.finalizers or ()):

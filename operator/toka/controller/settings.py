@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 import kopf
 
 from toka.contract import DEFAULT_WATCH_TIMEOUT, WATCH_TIMEOUT_ENV
 from toka.controller.builders.names import LABEL_AGENT
+
+
+def watch_timeout(env: Mapping[str, str]) -> int:
+    """Seconds each watch stream lasts (TOKA_WATCH_TIMEOUT); a clear error if not a number."""
+    value = env.get(WATCH_TIMEOUT_ENV) or str(DEFAULT_WATCH_TIMEOUT)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{WATCH_TIMEOUT_ENV} must be whole seconds, at least 1: got {value!r}")
+    return int(value)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -20,7 +29,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.batching.error_delays = (1, 2, 4, 8, 10)
     settings.networking.error_backoffs = (0.5, 1, 2, 5)
     settings.networking.request_timeout = 60
-    timeout = int(os.environ.get(WATCH_TIMEOUT_ENV) or DEFAULT_WATCH_TIMEOUT)
+    timeout = watch_timeout(os.environ)
     settings.watching.server_timeout = timeout
     settings.watching.client_timeout = timeout + 30
     settings.watching.connect_timeout = 10
